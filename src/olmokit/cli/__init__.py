@@ -1,0 +1,1 @@
+"""The ``olmokit`` command line: ``olmokit <tool> <verb> ...``. See :mod:`olmokit.cli.main`."""

@@ -1,0 +1,134 @@
+"""``olmokit zoo build``: the reproducible recipe behind the shipped default model.
+
+Corpus (CPython's own text) → byte-level BPE tokenizer → small OLMo pretrained with ``Trainer`` →
+held-out loss vs a unigram baseline → model directory (fp16 safetensors, tokenizer, model card) that
+stock ``from_pretrained`` loads. Work files (token streams, Trainer checkpoints) live in ``work_dir`` so
+a killed build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from ..config import OlmokitConfig
+from ..files import atomic_directory, atomic_write_json, load_safetensors, atomic_save_safetensors
+from .card import render_model_card
+from .corpus import build_corpus, python_fingerprint
+from .presets import make_config
+from .pretrain import BlockDataset, heldout_loss, pretrain, tokenize_documents, unigram_cross_entropy
+from .tokenizer import train_tokenizer
+
+__all__ = ["ZooBuildConfig", "build_zoo_model"]
+
+
+class ZooBuildConfig(OlmokitConfig):
+    """Settings of ``olmokit zoo build`` (defaults reproduce the shipped ``olmo2-stdlib``)."""
+
+    name: str = Field("olmo2-stdlib", description="model name written into the card")
+    model_type: str = Field("olmo2", description="olmo, olmo2 or olmo3")
+    size: str = Field("small", description="architecture preset (see olmokit.zoo.presets.SIZES)")
+    steps: int = Field(1000, gt=0, description="optimizer steps")
+    batch_size: int = Field(16, gt=0, description="sequences per step")
+    seq_len: int = Field(256, gt=8, description="tokens per sequence")
+    learning_rate: float = Field(3e-3, gt=0, description="peak AdamW learning rate (cosine decay)")
+    warmup_steps: int = Field(60, ge=0, description="linear warm-up steps")
+    seed: int = Field(0, description="seed for init, data order and sampling")
+    repeat_prose: int = Field(2, ge=1, description="times each prose document appears in training")
+    save_dtype: str = Field("float16", description="dtype of the written weights (keeps the package small)")
+    max_corpus_docs: int | None = Field(None, description="cap on documents (for quick tests)")
+
+
+def _token_streams(cfg: ZooBuildConfig, work: Path, log) -> tuple[Any, torch.Tensor, torch.Tensor, dict]:
+    tok_dir, streams = work / "tokenizer", work / "tokens.safetensors"
+    corpus = build_corpus()
+    if cfg.max_corpus_docs is not None:
+        corpus.documents = corpus.documents[: cfg.max_corpus_docs]
+    stats = corpus.stats()
+    if tok_dir.is_dir() and streams.is_file():
+        from transformers import AutoTokenizer
+
+        log("reusing tokenizer and token streams from", work)
+        tensors = load_safetensors(streams)
+        return AutoTokenizer.from_pretrained(tok_dir), tensors["train"], tensors["heldout"], stats
+    log(f"corpus: {stats}")
+    train_docs, held_docs = corpus.split(False), corpus.split(True)
+    tokenizer = train_tokenizer(d.text for d in train_docs)
+    train = tokenize_documents(tokenizer, train_docs, repeat_prose=cfg.repeat_prose)
+    held = tokenize_documents(tokenizer, held_docs)
+    tokenizer.save_pretrained(tok_dir)
+    atomic_save_safetensors(streams, {"train": train, "heldout": held})
+    return tokenizer, train, held, stats
+
+
+def build_zoo_model(
+    cfg: ZooBuildConfig, out_dir: str | Path, work_dir: str | Path | None = None, log=print
+) -> dict[str, Any]:
+    """Build (or resume building) a zoo model into ``out_dir``; returns the build report."""
+    out_dir = Path(out_dir)
+    work = Path(work_dir) if work_dir else out_dir.parent / f".{out_dir.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tokenizer, train_ids, held_ids, stats = _token_streams(cfg, work, log)
+    vocab = len(tokenizer)
+    train_ds, held_ds = BlockDataset(train_ids, cfg.seq_len), BlockDataset(held_ids, cfg.seq_len)
+    log(f"tokens: train {len(train_ids):,}, held-out {len(held_ids):,}; blocks {len(train_ds)}/{len(held_ds)}")
+
+    from transformers import AutoModelForCausalLM
+
+    config = make_config(cfg.model_type, cfg.size, vocab_size=vocab, max_position_embeddings=max(512, cfg.seq_len))
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {cfg.model_type} {cfg.size}, {n_params:,} parameters")
+    t_train = time.time()
+    result = pretrain(
+        model,
+        train_ds,
+        work / "checkpoints",
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=cfg.seed,
+        warmup_steps=cfg.warmup_steps,
+        save_steps=max(50, cfg.steps // 12),
+    )
+    train_seconds = time.time() - t_train
+
+    # Evaluate the weights exactly as shipped (rounded to save_dtype), in fp32 arithmetic.
+    save_dtype = getattr(torch, cfg.save_dtype)
+    model = model.to(save_dtype).to(torch.float32)
+    held_loss = heldout_loss(model, held_ds)
+    unigram = unigram_cross_entropy(train_ids, held_ids[: 400 * cfg.seq_len], vocab)
+    report = {
+        "name": cfg.name,
+        "build_config": cfg.as_dict(),
+        "python": python_fingerprint(),
+        "torch": torch.__version__,
+        "corpus": stats,
+        "train_tokens": int(len(train_ids)),
+        "heldout_tokens": int(len(held_ids)),
+        "tokens_seen": int(result["steps"] * cfg.batch_size * cfg.seq_len),
+        "parameters": n_params,
+        "final_train_loss": result["train_loss"],
+        "heldout_loss": held_loss,
+        "unigram_heldout_loss": unigram,
+        "train_wall_seconds": train_seconds,
+        "total_wall_seconds": time.time() - t0,
+        "resumed_from": result["resumed_from"],
+    }
+    model.to(save_dtype)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(render_model_card(report), encoding="utf-8")
+        atomic_write_json(tmp / "build_report.json", {k: v for k, v in report.items()})
+    log(json.dumps({k: report[k] for k in ("heldout_loss", "unigram_heldout_loss", "total_wall_seconds")}))
+    return report
