@@ -72,7 +72,11 @@ def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | N
         if field is None:
             return None
         annotation = field.annotation
-        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        current = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
     return current
 
 
@@ -148,7 +152,10 @@ class OlmokitConfig(BaseModel):
 
     @classmethod
     def from_yaml(
-        cls: type[C], path: str | os.PathLike[str], overrides: Iterable[str] = (), strict: bool = True
+        cls: type[C],
+        path: str | os.PathLike[str],
+        overrides: Iterable[str] = (),
+        strict: bool = True,
     ) -> C:
         """Load a YAML file, apply ``key.sub=value`` overrides, validate."""
         data = apply_overrides(read_yaml(path), overrides)

@@ -207,12 +207,18 @@ def get_family(obj: Any) -> FamilySpec:
         label = repr(obj)
     elif isinstance(obj, nn.Module):
         # isinstance, so subclasses (e.g. a user's wrapper class) are recognised too.
-        model_type = next((mt for mt, cls in _causal_lm_classes().items() if isinstance(obj, cls)), None)
+        model_type = next(
+            (mt for mt, cls in _causal_lm_classes().items() if isinstance(obj, cls)), None
+        )
         label = f"{type(obj).__name__} (model_type {getattr(getattr(obj, 'config', None), 'model_type', None)!r})"
     else:
         mt = getattr(obj, "model_type", None)
         archs = getattr(obj, "architectures", None) or []
-        model_type = mt if mt in FAMILIES else next((_CLASS_TO_TYPE[a] for a in archs if a in _CLASS_TO_TYPE), None)
+        model_type = (
+            mt
+            if mt in FAMILIES
+            else next((_CLASS_TO_TYPE[a] for a in archs if a in _CLASS_TO_TYPE), None)
+        )
         label = f"{type(obj).__name__} (model_type {mt!r})"
     if model_type is None:
         raise FamilyError(f"unsupported model {label}; olmokit supports: {_supported_text()}")
@@ -485,7 +491,9 @@ class FamilyAdapter:
         return self.get(self.boundary_path("rotary_emb"))
 
     # ---------------------------------------------------------------- parameter units
-    def units(self, state_dict: Mapping[str, torch.Tensor] | Iterable[str] | None = None) -> list[ParameterUnit]:
+    def units(
+        self, state_dict: Mapping[str, torch.Tensor] | Iterable[str] | None = None
+    ) -> list[ParameterUnit]:
         """Group every ``state_dict`` key into exactly one :class:`ParameterUnit`.
 
         With no argument the loaded model's own ``state_dict`` is used. Keys are grouped by owning module
@@ -501,7 +509,9 @@ class FamilyAdapter:
             by_module.setdefault(module, []).append(key)
 
         s = self.spec
-        layer_re = re.compile(rf"^{re.escape(s.base_model_attr)}\.{re.escape(s.layers_attr)}\.(\d+)\.(.+)$")
+        layer_re = re.compile(
+            rf"^{re.escape(s.base_model_attr)}\.{re.escape(s.layers_attr)}\.(\d+)\.(.+)$"
+        )
         attn_roles = set(s.attn_projections.values()) | set(s.qk_norms.values())
         mlp_roles = set(s.mlp_projections.values())
         norm_roles = set(s.layer_norms.values())
@@ -524,7 +534,11 @@ class FamilyAdapter:
                     block, short, role = "norm", rest, rest
                 else:
                     block, short, role = "other", rest, "other"
-                units.append(ParameterUnit(f"layers.{layer}.{short}", module, tuple(mkeys), layer, block, role))
+                units.append(
+                    ParameterUnit(
+                        f"layers.{layer}.{short}", module, tuple(mkeys), layer, block, role
+                    )
+                )
             else:
                 role = boundary.get(module, "other")
                 name = role if role != "other" else module
@@ -533,16 +547,24 @@ class FamilyAdapter:
         tied = self.tied_embeddings
         if tied:
             units = [
-                ParameterUnit(u.name, u.module, u.keys, u.layer, u.block, u.role, tied_to="embed_tokens")
+                ParameterUnit(
+                    u.name, u.module, u.keys, u.layer, u.block, u.role, tied_to="embed_tokens"
+                )
                 if u.role == "lm_head"
                 else u
                 for u in units
             ]
         order = {"embed_tokens": 0, "final_norm": 2, "lm_head": 3}
-        units.sort(key=lambda u: (1, u.layer, u.name) if u.layer is not None else (order.get(u.role, 4), -1, u.name))
+        units.sort(
+            key=lambda u: (
+                (1, u.layer, u.name) if u.layer is not None else (order.get(u.role, 4), -1, u.name)
+            )
+        )
         return units
 
-    def layer_units(self, i: int, state_dict: Mapping[str, torch.Tensor] | None = None) -> list[ParameterUnit]:
+    def layer_units(
+        self, i: int, state_dict: Mapping[str, torch.Tensor] | None = None
+    ) -> list[ParameterUnit]:
         return [u for u in self.units(state_dict) if u.layer == i]
 
     # ---------------------------------------------------------------- summaries
@@ -577,7 +599,9 @@ class FamilyAdapter:
             "clip_qkv": self.clip_qkv,
             "sliding_window": self.sliding_window,
             "sliding_layers": self.sliding_layers(),
-            "full_attention_layers": [i for i, t in enumerate(self.layer_types) if t == "full_attention"],
+            "full_attention_layers": [
+                i for i, t in enumerate(self.layer_types) if t == "full_attention"
+            ],
             "tied_embeddings": self.tied_embeddings,
             "max_position_embeddings": getattr(self.config, "max_position_embeddings", None),
         }

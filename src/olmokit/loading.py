@@ -21,7 +21,13 @@ from .files import atomic_directory
 from .zoo.presets import random_model
 from .zoo.registry import DEFAULT_MODEL, ZOO, is_zoo_name, shipped_path, zoo_entry
 
-__all__ = ["load_model", "load_tokenizer", "load_model_and_tokenizer", "save_model", "resolve_dtype"]
+__all__ = [
+    "load_model",
+    "load_tokenizer",
+    "load_model_and_tokenizer",
+    "save_model",
+    "resolve_dtype",
+]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -93,7 +99,9 @@ def load_model(
 
     source = _source(name)
     try:
-        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as exc:
         raise _offline_hint(name, exc) from exc
     FamilyAdapter.for_config(config)  # family + transformers-version gate before reading weights
@@ -144,7 +152,9 @@ def load_tokenizer(
     else:
         source = _source(name)
     try:
-        tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as exc:
         raise _offline_hint(name, exc) from exc
     if tok.pad_token is None:

@@ -22,9 +22,18 @@ def add_tool_parser(subparsers: Any, name: str, help: str) -> tuple[argparse.Arg
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) -> None:
     """``MODEL`` (path, hub id or zoo name; default: the shipped zoo model) plus dtype/device."""
     if positional:
-        parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"path, hub id or zoo name (default {DEFAULT_MODEL})")
+        parser.add_argument(
+            "model",
+            nargs="?",
+            default=DEFAULT_MODEL,
+            help=f"path, hub id or zoo name (default {DEFAULT_MODEL})",
+        )
     else:
-        parser.add_argument("--model", default=DEFAULT_MODEL, help=f"path, hub id or zoo name (default {DEFAULT_MODEL})")
+        parser.add_argument(
+            "--model",
+            default=DEFAULT_MODEL,
+            help=f"path, hub id or zoo name (default {DEFAULT_MODEL})",
+        )
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
@@ -33,7 +42,9 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) ->
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """A plain markdown table (readable in a terminal, pasteable into notes)."""
     rows = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:

@@ -32,5 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.units:
         units = adapter.units()
         print(f"\n{len(units)} parameter units")
-        print_table(["unit", "block", "tensors"], [(u.name, u.block, ", ".join(u.keys)) for u in units])
+        print_table(
+            ["unit", "block", "tensors"], [(u.name, u.block, ", ".join(u.keys)) for u in units]
+        )
     return 0

@@ -32,8 +32,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", default=None, help="YAML with ZooBuildConfig keys")
     p.add_argument("--out", default=None, help="output model directory (default zoo-build/<name>)")
-    p.add_argument("--work-dir", default=None, help="tokenizer/token streams/checkpoints (for resume)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=200 model_type=olmo3")
+    p.add_argument(
+        "--work-dir", default=None, help="tokenizer/token streams/checkpoints (for resume)"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. steps=200 model_type=olmo3"
+    )
     p.set_defaults(func=run_build)
 
 
@@ -42,8 +46,19 @@ def run_list(args: argparse.Namespace) -> int:
 
     rows = []
     for e in list_models():
-        status = "shipped" if e.kind == "shipped" and e.available else ("missing" if e.kind == "shipped" else "built on load")
-        rows.append((e.name + (" (default)" if e.name == DEFAULT_MODEL else ""), e.model_type, status, e.description))
+        status = (
+            "shipped"
+            if e.kind == "shipped" and e.available
+            else ("missing" if e.kind == "shipped" else "built on load")
+        )
+        rows.append(
+            (
+                e.name + (" (default)" if e.name == DEFAULT_MODEL else ""),
+                e.model_type,
+                status,
+                e.description,
+            )
+        )
     print_table(["name", "model_type", "weights", "description"], rows)
     return 0
 

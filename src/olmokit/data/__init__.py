@@ -1,7 +1,14 @@
 """Datasets: readers (chat, prompt/completion, text), formatting with label masks, padding collator."""
 
 from .collate import PaddingCollator
-from .formatting import CHATML_TEMPLATE, IGNORE_INDEX, Example, encode_record, encode_records, record_segments
+from .formatting import (
+    CHATML_TEMPLATE,
+    IGNORE_INDEX,
+    Example,
+    encode_record,
+    encode_records,
+    record_segments,
+)
 from .readers import RECORD_KINDS, Record, read_records
 
 __all__ = [

@@ -25,7 +25,10 @@ class PaddingCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, batch: Sequence[Example | dict[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = [(b.input_ids, b.labels) if isinstance(b, Example) else (b["input_ids"], b.get("labels")) for b in batch]
+        rows = [
+            (b.input_ids, b.labels) if isinstance(b, Example) else (b["input_ids"], b.get("labels"))
+            for b in batch
+        ]
         width = max(len(ids) for ids, _ in rows)
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of

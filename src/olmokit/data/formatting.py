@@ -20,7 +20,15 @@ from typing import Any
 from ..errors import DataError
 from .readers import Record
 
-__all__ = ["CHATML_TEMPLATE", "IGNORE_INDEX", "Example", "chatml_segments", "record_segments", "encode_record", "encode_records"]
+__all__ = [
+    "CHATML_TEMPLATE",
+    "IGNORE_INDEX",
+    "Example",
+    "chatml_segments",
+    "record_segments",
+    "encode_record",
+    "encode_records",
+]
 
 IGNORE_INDEX = -100
 
@@ -56,7 +64,9 @@ def chatml_segments(messages: Sequence[dict[str, str]]) -> list[tuple[str, bool]
     return segments
 
 
-def _template_segments(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[tuple[str, bool]]:
+def _template_segments(
+    tokenizer: Any, messages: Sequence[dict[str, str]]
+) -> list[tuple[str, bool]]:
     def render(msgs, gen):
         return tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=gen)
 
@@ -69,7 +79,9 @@ def _template_segments(tokenizer: Any, messages: Sequence[dict[str, str]]) -> li
         if m["role"] == "assistant":
             prompt = render(messages[:k], True) if k else done
             if not (prompt.startswith(done) and full.startswith(prompt)):
-                raise DataError("the chat template's generation prompt does not prefix the assistant turn")
+                raise DataError(
+                    "the chat template's generation prompt does not prefix the assistant turn"
+                )
             if prompt != done:
                 segments.append((prompt[len(done) :], False))
             segments.append((full[len(prompt) :], True))
@@ -106,5 +118,7 @@ def encode_record(record: Record, tokenizer: Any, max_length: int | None = None)
     return Example(ids, labels, record.source)
 
 
-def encode_records(records: Sequence[Record], tokenizer: Any, max_length: int | None = None) -> list[Example]:
+def encode_records(
+    records: Sequence[Record], tokenizer: Any, max_length: int | None = None
+) -> list[Example]:
     return [encode_record(r, tokenizer, max_length) for r in records]

@@ -48,9 +48,13 @@ def _classify(obj: Any, where: str) -> Record:
             raise DataError(f"{where}: 'messages' must be a non-empty list")
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise DataError(f"{where}: messages[{i}] must be an object with 'role' and 'content'")
+                raise DataError(
+                    f"{where}: messages[{i}] must be an object with 'role' and 'content'"
+                )
             if m["role"] not in VALID_ROLES:
-                raise DataError(f"{where}: messages[{i}].role {m['role']!r} not in {', '.join(VALID_ROLES)}")
+                raise DataError(
+                    f"{where}: messages[{i}].role {m['role']!r} not in {', '.join(VALID_ROLES)}"
+                )
             if not isinstance(m["content"], str):
                 raise DataError(f"{where}: messages[{i}].content must be a string")
         if not any(m["role"] == "assistant" for m in msgs):
@@ -89,7 +93,9 @@ def _iter_json_array(text: str, path: str) -> Iterator[tuple[Any, int]]:
 
     idx = skip_ws(idx)
     if idx >= n or text[idx] != "[":
-        raise DataError(f"{path}:{line_of(idx)}: a .json dataset must be a list of records (use .jsonl for one per line)")
+        raise DataError(
+            f"{path}:{line_of(idx)}: a .json dataset must be a list of records (use .jsonl for one per line)"
+        )
     idx = skip_ws(idx + 1)
     if idx < n and text[idx] == "]":
         return

@@ -4,7 +4,15 @@ See :mod:`olmokit.zoo.registry` for the names, :mod:`olmokit.zoo.build` for the 
 """
 
 from .presets import SIZES, SPECIAL_TOKENS, ZOO_VOCAB_SIZE, make_config, random_model
-from .registry import DEFAULT_MODEL, ZOO, ZooEntry, is_zoo_name, list_models, shipped_path, zoo_entry
+from .registry import (
+    DEFAULT_MODEL,
+    ZOO,
+    ZooEntry,
+    is_zoo_name,
+    list_models,
+    shipped_path,
+    zoo_entry,
+)
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -17,11 +17,17 @@ import torch
 from pydantic import Field
 
 from ..config import OlmokitConfig
-from ..files import atomic_directory, atomic_write_json, load_safetensors, atomic_save_safetensors
+from ..files import atomic_directory, atomic_save_safetensors, atomic_write_json, load_safetensors
 from .card import render_model_card
 from .corpus import build_corpus, python_fingerprint
 from .presets import make_config
-from .pretrain import BlockDataset, heldout_loss, pretrain, tokenize_documents, unigram_cross_entropy
+from .pretrain import (
+    BlockDataset,
+    heldout_loss,
+    pretrain,
+    tokenize_documents,
+    unigram_cross_entropy,
+)
 from .tokenizer import train_tokenizer
 
 __all__ = ["ZooBuildConfig", "build_zoo_model"]
@@ -40,11 +46,15 @@ class ZooBuildConfig(OlmokitConfig):
     warmup_steps: int = Field(60, ge=0, description="linear warm-up steps")
     seed: int = Field(0, description="seed for init, data order and sampling")
     repeat_prose: int = Field(2, ge=1, description="times each prose document appears in training")
-    save_dtype: str = Field("float16", description="dtype of the written weights (keeps the package small)")
+    save_dtype: str = Field(
+        "float16", description="dtype of the written weights (keeps the package small)"
+    )
     max_corpus_docs: int | None = Field(None, description="cap on documents (for quick tests)")
 
 
-def _token_streams(cfg: ZooBuildConfig, work: Path, log) -> tuple[Any, torch.Tensor, torch.Tensor, dict]:
+def _token_streams(
+    cfg: ZooBuildConfig, work: Path, log
+) -> tuple[Any, torch.Tensor, torch.Tensor, dict]:
     tok_dir, streams = work / "tokenizer", work / "tokens.safetensors"
     corpus = build_corpus()
     if cfg.max_corpus_docs is not None:
@@ -77,11 +87,15 @@ def build_zoo_model(
     tokenizer, train_ids, held_ids, stats = _token_streams(cfg, work, log)
     vocab = len(tokenizer)
     train_ds, held_ds = BlockDataset(train_ids, cfg.seq_len), BlockDataset(held_ids, cfg.seq_len)
-    log(f"tokens: train {len(train_ids):,}, held-out {len(held_ids):,}; blocks {len(train_ds)}/{len(held_ds)}")
+    log(
+        f"tokens: train {len(train_ids):,}, held-out {len(held_ids):,}; blocks {len(train_ds)}/{len(held_ds)}"
+    )
 
     from transformers import AutoModelForCausalLM
 
-    config = make_config(cfg.model_type, cfg.size, vocab_size=vocab, max_position_embeddings=max(512, cfg.seq_len))
+    config = make_config(
+        cfg.model_type, cfg.size, vocab_size=vocab, max_position_embeddings=max(512, cfg.seq_len)
+    )
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
@@ -130,5 +144,9 @@ def build_zoo_model(
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(render_model_card(report), encoding="utf-8")
         atomic_write_json(tmp / "build_report.json", {k: v for k, v in report.items()})
-    log(json.dumps({k: report[k] for k in ("heldout_loss", "unigram_heldout_loss", "total_wall_seconds")}))
+    log(
+        json.dumps(
+            {k: report[k] for k in ("heldout_loss", "unigram_heldout_loss", "total_wall_seconds")}
+        )
+    )
     return report

@@ -15,24 +15,24 @@ license: apache-2.0
 library_name: transformers
 tags: [olmo, olmokit, tiny]
 ---
-# {report['name']}
+# {report["name"]}
 
-A small {cfg['model_type']} model pretrained by `olmokit zoo build` on text that ships with
-{report['python']}: the `pydoc_data` topics, standard-library docstrings (prose) and the standard
+A small {cfg["model_type"]} model pretrained by `olmokit zoo build` on text that ships with
+{report["python"]}: the `pydoc_data` topics, standard-library docstrings (prose) and the standard
 library's own sources (code, tests excluded). It exists so every olmokit tool works offline; it is not
 a useful assistant.
 
 | | |
 |---|---|
-| parameters | {report['parameters']:,} |
-| architecture | {cfg['model_type']} `{cfg['size']}` preset, stored as {cfg['save_dtype']} |
-| corpus (train) | {c['train_prose_docs']:,} prose docs / {c['train_prose_chars']:,} chars; {c['train_code_docs']:,} code files / {c['train_code_chars']:,} chars |
-| corpus (held out, 1 source in 10 by hash) | {c['heldout_prose_docs']:,} prose docs / {c['heldout_prose_chars']:,} chars; {c['heldout_code_docs']:,} code files / {c['heldout_code_chars']:,} chars |
-| tokens | train stream {report['train_tokens']:,}; held-out {report['heldout_tokens']:,} |
-| tokens seen | {report['tokens_seen']:,} ({cfg['steps']} steps × {cfg['batch_size']} × {cfg['seq_len']}) |
-| training wall time | {report['train_wall_seconds']:.0f} s (total build {report['total_wall_seconds']:.0f} s, torch {report['torch']}) |
-| **held-out loss** | **{report['heldout_loss']:.3f} nats/token** |
-| unigram baseline | {report['unigram_heldout_loss']:.3f} nats/token (add-one smoothed train unigram; {ratio:.2f}× the model's loss) |
+| parameters | {report["parameters"]:,} |
+| architecture | {cfg["model_type"]} `{cfg["size"]}` preset, stored as {cfg["save_dtype"]} |
+| corpus (train) | {c["train_prose_docs"]:,} prose docs / {c["train_prose_chars"]:,} chars; {c["train_code_docs"]:,} code files / {c["train_code_chars"]:,} chars |
+| corpus (held out, 1 source in 10 by hash) | {c["heldout_prose_docs"]:,} prose docs / {c["heldout_prose_chars"]:,} chars; {c["heldout_code_docs"]:,} code files / {c["heldout_code_chars"]:,} chars |
+| tokens | train stream {report["train_tokens"]:,}; held-out {report["heldout_tokens"]:,} |
+| tokens seen | {report["tokens_seen"]:,} ({cfg["steps"]} steps × {cfg["batch_size"]} × {cfg["seq_len"]}) |
+| training wall time | {report["train_wall_seconds"]:.0f} s (total build {report["total_wall_seconds"]:.0f} s, torch {report["torch"]}) |
+| **held-out loss** | **{report["heldout_loss"]:.3f} nats/token** |
+| unigram baseline | {report["unigram_heldout_loss"]:.3f} nats/token (add-one smoothed train unigram; {ratio:.2f}× the model's loss) |
 
 Reproduce with `olmokit zoo build` (same CPython and torch give the same corpus and split).
 """

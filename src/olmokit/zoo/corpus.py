@@ -19,7 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Document", "Corpus", "build_corpus", "stdlib_root", "stdlib_source_files", "is_held_out"]
+__all__ = [
+    "Document",
+    "Corpus",
+    "build_corpus",
+    "stdlib_root",
+    "stdlib_source_files",
+    "is_held_out",
+]
 
 #: Directory names whose contents are tests or third-party code, not the standard library proper.
 EXCLUDED_DIRS = {"test", "tests", "idle_test", "__pycache__", "site-packages", "dist-packages"}
@@ -40,7 +47,9 @@ class Corpus:
     documents: list[Document] = field(default_factory=list)
 
     def split(self, held_out: bool, kind: str | None = None) -> list[Document]:
-        return [d for d in self.documents if d.held_out == held_out and (kind is None or d.kind == kind)]
+        return [
+            d for d in self.documents if d.held_out == held_out and (kind is None or d.kind == kind)
+        ]
 
     def stats(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -120,7 +129,9 @@ def build_corpus(root: Path | None = None) -> Corpus:
         mod = module_name(path, root)
         for qual, doc in iter_docstrings(text):
             title = f"{mod}.{qual}" if qual else mod
-            corpus.documents.append(Document(f"doc:{rel}:{qual}", "prose", f"{title}\n\n{doc}", held))
+            corpus.documents.append(
+                Document(f"doc:{rel}:{qual}", "prose", f"{title}\n\n{doc}", held)
+            )
         corpus.documents.append(Document(f"code:{rel}", "code", text, held))
     return corpus
 

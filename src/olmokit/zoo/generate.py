@@ -22,10 +22,14 @@ def sample_text(
 ) -> str:
     """Continue ``prompt`` (or answer it as a chat user turn with ``chat=True``); returns the new text."""
     if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     else:
         text = prompt
-    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(
+        next(model.parameters()).device
+    )
     torch.manual_seed(seed)
     out = model.generate(
         **enc,

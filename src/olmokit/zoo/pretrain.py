@@ -14,10 +14,18 @@ from torch.utils.data import Dataset
 from .corpus import Document
 from .presets import EOS_ID
 
-__all__ = ["BlockDataset", "tokenize_documents", "pretrain", "heldout_loss", "unigram_cross_entropy"]
+__all__ = [
+    "BlockDataset",
+    "tokenize_documents",
+    "pretrain",
+    "heldout_loss",
+    "unigram_cross_entropy",
+]
 
 
-def tokenize_documents(tokenizer: Any, docs: Sequence[Document], repeat_prose: int = 1) -> torch.Tensor:
+def tokenize_documents(
+    tokenizer: Any, docs: Sequence[Document], repeat_prose: int = 1
+) -> torch.Tensor:
     """One flat int32 token stream: documents joined by EOS (prose optionally repeated to upweight it)."""
     texts = []
     for d in docs:
@@ -95,7 +103,9 @@ def pretrain(
 
 
 @torch.no_grad()
-def heldout_loss(model: torch.nn.Module, data: BlockDataset, batch_size: int = 16, max_blocks: int = 400) -> float:
+def heldout_loss(
+    model: torch.nn.Module, data: BlockDataset, batch_size: int = 16, max_blocks: int = 400
+) -> float:
     """Mean next-token cross-entropy (nats/token) over up to ``max_blocks`` held-out blocks."""
     model.eval()
     device = next(model.parameters()).device

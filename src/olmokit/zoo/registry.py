@@ -13,7 +13,15 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 
-__all__ = ["DEFAULT_MODEL", "ZooEntry", "ZOO", "zoo_entry", "list_models", "shipped_path", "is_zoo_name"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "ZooEntry",
+    "ZOO",
+    "zoo_entry",
+    "list_models",
+    "shipped_path",
+    "is_zoo_name",
+]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "olmo2-stdlib"

@@ -9,6 +9,7 @@ from .presets import EOS_ID, PAD_ID, SPECIAL_TOKENS, ZOO_VOCAB_SIZE
 
 __all__ = ["CHATML_TEMPLATE", "train_tokenizer"]
 
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = ZOO_VOCAB_SIZE):
     """Train a byte-level BPE (special tokens get ids 0..3) and return a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -25,7 +26,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = ZOO_VOCAB_SIZE):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    assert tok.token_to_id(SPECIAL_TOKENS[EOS_ID]) == EOS_ID and tok.token_to_id(SPECIAL_TOKENS[PAD_ID]) == PAD_ID
+    assert (
+        tok.token_to_id(SPECIAL_TOKENS[EOS_ID]) == EOS_ID
+        and tok.token_to_id(SPECIAL_TOKENS[PAD_ID]) == PAD_ID
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=SPECIAL_TOKENS[EOS_ID],

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import Field
+
+from olmokit.config import OlmokitConfig
+from olmokit.errors import ConfigError
+
+
+class Inner(OlmokitConfig):
+    rate: float = Field(0.1, description="a rate")
+    name: str = "x"
+
+
+class Outer(OlmokitConfig):
+    model: str = Field("m", alias="model_config")
+    inner: Inner = Field(default_factory=Inner)
+    steps: int = 3
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'inner.rte'.*valid keys here: name, rate"):
+        Outer.from_dict({"inner": {"rte": 1}})
+    with pytest.raises(ConfigError, match=r"valid keys here: inner, model_config, steps"):
+        Outer.from_dict({"stepz": 1})
+
+
+def test_type_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"steps: .*'many'"):
+        Outer.from_dict({"steps": "many"})
+
+
+def test_yaml_overrides_and_round_trip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_config: a\ninner:\n  rate: 0.5\n")
+    cfg = Outer.from_yaml(path, ["inner.name=y", "steps=7"])
+    assert (cfg.model, cfg.inner.rate, cfg.inner.name, cfg.steps) == ("a", 0.5, "y", 7)
+    out = tmp_path / "out.yaml"
+    cfg.to_yaml(out)
+    assert Outer.from_yaml(out) == cfg
+    assert cfg.merge(["inner.rate=2"]).inner.rate == 2.0
+    with pytest.raises(ConfigError, match="must look like"):
+        cfg.merge(["oops"])
+
+
+def test_lenient_loading_drops_unknown_keys_with_a_warning():
+    with pytest.warns(UserWarning, match="future_key"):
+        cfg = Outer.from_dict({"steps": 2, "future_key": 1, "inner": {"later": 2}}, strict=False)
+    assert cfg.steps == 2
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        Outer.from_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        Outer.from_yaml(bad)

@@ -1,0 +1,186 @@
+"""The family adapter on tiny random models of all three OLMo generations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from olmokit.errors import FamilyError
+from olmokit.family import FAMILIES, NormSite, check_transformers_version, get_adapter, get_family
+from olmokit.zoo.presets import make_config, random_model
+
+
+def test_every_listed_module_exists(tiny_model, model_type):
+    a = get_adapter(tiny_model)
+    assert a.model_type == model_type
+    assert len(a.layers()) == a.num_layers
+    for i in range(a.num_layers):
+        for get in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.gate_proj, a.up_proj, a.down_proj):
+            assert isinstance(get(i), nn.Linear)
+        assert a.attention(i) is a.layer(i).get_submodule(
+            a.module_path(i, "attn").rsplit(".", 1)[-1]
+        )
+        assert set(a.norms(i)) == set(FAMILIES[model_type].layer_norms)
+        if model_type == "olmo":
+            assert a.q_norm(i) is None and a.k_norm(i) is None
+        else:
+            assert a.q_norm(i).weight.shape == (a.num_heads * a.head_dim,)
+            assert a.k_norm(i).weight.shape == (a.num_kv_heads * a.head_dim,)
+    assert isinstance(a.embed_tokens(), nn.Embedding)
+    assert isinstance(a.lm_head(), nn.Linear)
+    assert a.final_norm() is not None and a.rotary_emb() is not None
+
+
+def test_head_layout_under_gqa(tiny_model):
+    a = get_adapter(tiny_model)
+    assert (a.num_heads, a.num_kv_heads, a.kv_group_size) == (4, 2, 2)
+    assert a.head_dim == a.hidden_size // a.num_heads
+    assert a.q_proj(0).out_features == a.num_heads * a.head_dim
+    assert a.k_proj(0).out_features == a.v_proj(0).out_features == a.num_kv_heads * a.head_dim
+    assert a.o_proj(0).in_features == a.num_heads * a.head_dim
+
+
+def test_units_cover_every_state_dict_key_exactly_once(tiny_model, model_type):
+    a = get_adapter(tiny_model)
+    units = a.units()
+    keys = [k for u in units for k in u.keys]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == set(tiny_model.state_dict())
+    per_layer = {len(a.layer_units(i)) for i in range(a.num_layers)}
+    # v1: q,k,v,o,gate,up,down (its LayerNorms have no parameters); v2/3 add q/k norm and two post-norms.
+    assert per_layer == ({7} if model_type == "olmo" else {11})
+    boundary = [u.role for u in units if u.layer is None]
+    # OLMo v1's final LayerNorm has no parameters, so it owns no unit.
+    assert boundary == (
+        ["embed_tokens", "lm_head"]
+        if model_type == "olmo"
+        else ["embed_tokens", "final_norm", "lm_head"]
+    )
+    assert not [u for u in units if u.role == "other"]
+
+
+def test_units_are_derived_from_the_state_dict_not_a_template(tiny_model):
+    a = get_adapter(tiny_model)
+    sd = dict(tiny_model.state_dict())
+    sd["model.layers.0.self_attn.surprise.weight"] = torch.zeros(1)
+    names = {u.name: u for u in a.units(sd)}
+    assert names["layers.0.self_attn.surprise"].role == "other"
+
+
+def test_tied_embeddings_are_detected():
+    model = random_model("olmo2", "tiny", tie_word_embeddings=True)
+    a = get_adapter(model)
+    assert a.tied_embeddings
+    (head,) = [u for u in a.units() if u.role == "lm_head"]
+    assert head.tied_to == "embed_tokens"
+    assert not get_adapter(random_model("olmo2", "tiny")).tied_embeddings
+
+
+def test_olmo3_sliding_window_layers():
+    a = get_adapter(random_model("olmo3", "tiny"))
+    assert a.layer_types == ["sliding_attention"] * 3 + ["full_attention"]
+    assert a.sliding_layers() == [0, 1, 2]
+    assert a.sliding_window == 8
+    for i in range(4):
+        expected = 8 if i < 3 else None
+        assert a.attention(i).sliding_window == expected
+    for mt in ("olmo", "olmo2"):
+        b = get_adapter(random_model(mt, "tiny"))
+        assert b.sliding_window is None and b.sliding_layers() == []
+
+
+def _capture(module, store, key, use_input):
+    def hook(mod, args, out):
+        store[key] = (
+            (args[0] if use_input else (out[0] if isinstance(out, tuple) else out)).detach().clone()
+        )
+
+    return module.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("model_type", ["olmo", "olmo2"])
+def test_norm_sites_mean_what_they_say(model_type):
+    """v1's post_attention_layernorm normalises the residual before the MLP; v2's the attention output."""
+    model = random_model(model_type, "tiny")
+    a = get_adapter(model)
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        _capture(a.attention(0), seen, "attn_out", False),
+        _capture(a.layer(0), seen, "layer_in", True),
+        _capture(a.mlp(0), seen, "mlp_in", True),
+    ]
+    site = NormSite.MLP_INPUT if model_type == "olmo" else NormSite.ATTN_OUTPUT
+    handles.append(_capture(a.norm(0, site), seen, "norm_in", True))
+    handles.append(_capture(a.norm(0, site), seen, "norm_out", False))
+    model(input_ids=torch.arange(6).unsqueeze(0))
+    for h in handles:
+        h.remove()
+    if model_type == "olmo":
+        # pre-norm: norm input is the residual after attention; its output feeds the MLP
+        torch.testing.assert_close(seen["norm_out"], seen["mlp_in"])
+        torch.testing.assert_close(seen["norm_in"], seen["layer_in"] + seen["attn_out"])
+    else:
+        # post-norm: norm input is the raw attention output; residual + norm output feeds the MLP
+        torch.testing.assert_close(seen["norm_in"], seen["attn_out"])
+        torch.testing.assert_close(seen["mlp_in"], seen["layer_in"] + seen["norm_out"])
+
+
+def test_unsupported_model_is_rejected_with_the_supported_list():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=64,
+        )
+    )
+    with pytest.raises(FamilyError, match="Olmo2ForCausalLM.*Olmo3ForCausalLM"):
+        get_adapter(llama)
+    with pytest.raises(FamilyError, match="llama"):
+        get_family(llama.config)
+    with pytest.raises(FamilyError):
+        get_family("gpt2")
+
+
+def test_family_from_config_and_names():
+    assert get_family(make_config("olmo3", "tiny")).generation == 3
+    assert get_family("Olmo2ForCausalLM").model_type == "olmo2"
+    a = get_adapter(make_config("olmo", "tiny", clip_qkv=8.0))
+    assert a.clip_qkv == 8.0 and a.model is None
+    with pytest.raises(FamilyError, match="config only"):
+        a.o_proj(0)
+
+
+@pytest.mark.parametrize(
+    "version,ok",
+    [
+        ("5.13.0", True),
+        ("5.23.0", True),
+        ("4.57.6", True),
+        ("5.12.1", False),
+        ("5.0.0", False),
+        ("4.57.0", False),
+        ("4.50.0", False),
+    ],
+)
+def test_olmo3_transformers_version_gate(version, ok):
+    spec = FAMILIES["olmo3"]
+    if ok:
+        check_transformers_version(spec, version)
+    else:
+        with pytest.raises(FamilyError, match="transformers>=5.13"):
+            check_transformers_version(spec, version)
+    check_transformers_version(FAMILIES["olmo2"], "5.5.0")  # the YaRN bug concerns OLMo-3 only
+
+
+def test_describe_is_json_safe(tiny_model):
+    import json
+
+    info = get_adapter(tiny_model).describe()
+    json.dumps(info)
+    assert info["parameters"] == sum(p.numel() for p in tiny_model.parameters())
+    assert info["heads"] == 4 and info["kv_heads"] == 2

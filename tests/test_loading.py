@@ -1,0 +1,100 @@
+"""Loading and saving through transformers: round trips, zoo names, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from olmokit.errors import CheckpointError, FamilyError
+from olmokit.loading import load_model, load_tokenizer, resolve_dtype, save_model
+from olmokit.zoo.registry import shipped_path
+
+
+def _logits(model, seed=0):
+    ids = torch.randint(
+        0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(seed)
+    )
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_save_load_round_trip_gives_identical_logits(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = save_model(tiny_model, tmp_path / "m")
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    again = load_model(out)
+    torch.testing.assert_close(_logits(again), _logits(tiny_model), rtol=0, atol=0)
+    stock = AutoModelForCausalLM.from_pretrained(out)  # plain HF loads it too
+    torch.testing.assert_close(_logits(stock.eval()), _logits(tiny_model), rtol=0, atol=0)
+
+
+def test_save_overwrites_atomically(tiny_model, tmp_path):
+    save_model(tiny_model, tmp_path / "m")
+    save_model(tiny_model, tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_missing_tensors_are_refused(tiny_model, tmp_path):
+    out = save_model(tiny_model, tmp_path / "m")
+    tensors = load_file(out / "model.safetensors")
+    tensors.pop("model.layers.0.mlp.up_proj.weight")
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="up_proj"):
+        load_model(out)
+    assert load_model(out, allow_missing=True) is not None
+
+
+def test_unsupported_family_is_refused_before_loading_weights(tmp_path):
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=64,
+    )
+    cfg.save_pretrained(tmp_path)  # no weights at all: the family check must fire first
+    with pytest.raises(FamilyError, match="olmokit supports"):
+        load_model(tmp_path)
+
+
+def test_unresolvable_name_points_to_local_paths_and_zoo():
+    with pytest.raises(CheckpointError, match="zoo model: olmo2-stdlib"):
+        load_model("no/such/model/anywhere")
+
+
+def test_zoo_names_and_dtypes():
+    m = load_model("zoo:olmo3-tiny-random", dtype="bf16")
+    assert next(m.parameters()).dtype == torch.bfloat16
+    a, b = load_model("olmo2-tiny-random"), load_model("olmo2-tiny-random")
+    torch.testing.assert_close(_logits(a), _logits(b), rtol=0, atol=0)  # seeded
+    with pytest.raises(Exception, match="unknown dtype"):
+        resolve_dtype("float8")
+
+
+def test_shipped_zoo_model_loads_from_the_package_with_finite_logits():
+    path = shipped_path()
+    card = (path / "README.md").read_text()
+    assert "held-out loss" in card
+    report = json.loads((path / "build_report.json").read_text())
+    assert report["heldout_loss"] < report["unigram_heldout_loss"]
+    model = load_model()
+    tok = load_tokenizer()
+    assert model.config.model_type == "olmo2" and len(tok) == model.config.vocab_size
+    ids = tok("def parse(self, text):", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert torch.isfinite(logits).all()
+    # A trained model: its own held-out text is far more likely than under a uniform guess.
+    loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    assert loss < 0.6 * torch.log(torch.tensor(float(len(tok))))
+
+
+def test_random_zoo_models_share_the_zoo_tokenizer():
+    tok = load_tokenizer("olmo3-tiny-random")
+    assert tok.pad_token is not None and tok.chat_template
