@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "ParameterUnit",
     "get_adapter",
     "get_family",
+    "register_family",
     "supported_model_types",
     "check_transformers_version",
 ]
@@ -98,63 +99,71 @@ class FamilySpec:
     )
 
 
+_OLMO1 = FamilySpec(
+    model_type="olmo",
+    generation=1,
+    causal_lm_class="OlmoForCausalLM",
+    display_name="OLMo v1",
+    norm_type="layernorm_nonparametric",
+    norm_placement="pre",
+    layer_norms={
+        NormSite.ATTN_INPUT: "input_layernorm",
+        NormSite.MLP_INPUT: "post_attention_layernorm",
+    },
+    has_qk_norm=False,
+    supports_clip_qkv=True,
+    has_sliding_window=False,
+    min_transformers="4.40.0",
+)
+_OLMO2 = FamilySpec(
+    model_type="olmo2",
+    generation=2,
+    causal_lm_class="Olmo2ForCausalLM",
+    display_name="OLMo-2",
+    norm_type="rmsnorm",
+    norm_placement="post",
+    layer_norms={
+        NormSite.ATTN_OUTPUT: "post_attention_layernorm",
+        NormSite.MLP_OUTPUT: "post_feedforward_layernorm",
+    },
+    has_qk_norm=True,
+    supports_clip_qkv=False,
+    has_sliding_window=False,
+    min_transformers="4.47.0",
+)
+#: OLMo-3 is OLMo-2's layout plus sliding-window attention on some layers.
+_OLMO3 = replace(
+    _OLMO2,
+    model_type="olmo3",
+    generation=3,
+    causal_lm_class="Olmo3ForCausalLM",
+    display_name="OLMo-3",
+    has_sliding_window=True,
+    # transformers 5.0-5.12.1 feed YaRN-scaled RoPE to the sliding-window layers too (PR #39847);
+    # 4.57.0 is yanked on PyPI.
+    broken_transformers=(("4.57.0", "4.57.1"), ("5.0.0", "5.13.0")),
+    min_transformers="4.57.1",
+)
+
 #: One entry per supported ``model_type``. Tools never branch on the model type themselves; they read
 #: these facts through :class:`FamilyAdapter`.
-FAMILIES: dict[str, FamilySpec] = {
-    "olmo": FamilySpec(
-        model_type="olmo",
-        generation=1,
-        causal_lm_class="OlmoForCausalLM",
-        display_name="OLMo v1",
-        norm_type="layernorm_nonparametric",
-        norm_placement="pre",
-        layer_norms={
-            NormSite.ATTN_INPUT: "input_layernorm",
-            NormSite.MLP_INPUT: "post_attention_layernorm",
-        },
-        has_qk_norm=False,
-        supports_clip_qkv=True,
-        has_sliding_window=False,
-        min_transformers="4.40.0",
-    ),
-    "olmo2": FamilySpec(
-        model_type="olmo2",
-        generation=2,
-        causal_lm_class="Olmo2ForCausalLM",
-        display_name="OLMo-2",
-        norm_type="rmsnorm",
-        norm_placement="post",
-        layer_norms={
-            NormSite.ATTN_OUTPUT: "post_attention_layernorm",
-            NormSite.MLP_OUTPUT: "post_feedforward_layernorm",
-        },
-        has_qk_norm=True,
-        supports_clip_qkv=False,
-        has_sliding_window=False,
-        min_transformers="4.47.0",
-    ),
-    "olmo3": FamilySpec(
-        model_type="olmo3",
-        generation=3,
-        causal_lm_class="Olmo3ForCausalLM",
-        display_name="OLMo-3",
-        norm_type="rmsnorm",
-        norm_placement="post",
-        layer_norms={
-            NormSite.ATTN_OUTPUT: "post_attention_layernorm",
-            NormSite.MLP_OUTPUT: "post_feedforward_layernorm",
-        },
-        has_qk_norm=True,
-        supports_clip_qkv=False,
-        has_sliding_window=True,
-        # transformers 5.0-5.12.1 feed YaRN-scaled RoPE to the sliding-window layers too (PR #39847);
-        # 4.57.0 is yanked on PyPI.
-        broken_transformers=(("4.57.0", "4.57.1"), ("5.0.0", "5.13.0")),
-        min_transformers="4.57.1",
-    ),
-}
+FAMILIES: dict[str, FamilySpec] = {s.model_type: s for s in (_OLMO1, _OLMO2, _OLMO3)}
 
 _CLASS_TO_TYPE = {spec.causal_lm_class: mt for mt, spec in FAMILIES.items()}
+
+
+def register_family(spec: FamilySpec) -> None:
+    """Register another family whose HF layout matches an existing entry's (a Llama-layout model, say).
+
+    Only do this for a family whose layout facts you have verified; every tool trusts these facts.
+    ``spec.causal_lm_class`` must name a class exported by ``transformers``.
+    """
+    import transformers
+
+    if not hasattr(transformers, spec.causal_lm_class):
+        raise FamilyError(f"transformers has no class {spec.causal_lm_class!r}")
+    FAMILIES[spec.model_type] = spec
+    _CLASS_TO_TYPE[spec.causal_lm_class] = spec.model_type
 
 
 def supported_model_types() -> list[str]:
