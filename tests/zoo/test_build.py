@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import torch
 
 from olmokit.zoo.build import ZooBuildConfig, build_zoo_model
 from olmokit.zoo.pretrain import unigram_cross_entropy
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "zoo" / "smoke.yaml"
 
 
 def test_unigram_baseline_matches_hand_computation():
@@ -31,7 +34,7 @@ def test_toy_build_loads_and_resumes(tmp_path):
         warmup_steps=1,
         max_corpus_docs=150,
     )
-    out, work = tmp_path / "toy", tmp_path / "work"
+    out, work = tmp_path / "smoke", tmp_path / "work"
     report = build_zoo_model(cfg, out, work, log=lambda *a: None)
     assert report["tokens_seen"] == 4 * 2 * 32
     assert report["resumed_from"] is None

@@ -1,0 +1,31 @@
+"""Every YAML under configs/ validates against its tool's config class (keys map one to one)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+#: configs/<tool>/ -> the config class its files must validate against
+CONFIG_CLASSES = {
+    "zoo": "olmokit.zoo.build:ZooBuildConfig",
+}
+
+
+def _config_class(tool: str):
+    module, _, name = CONFIG_CLASSES[tool].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_every_config_directory_has_a_class():
+    tools = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+    assert tools <= set(CONFIG_CLASSES), f"no config class registered for {tools - set(CONFIG_CLASSES)}"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_config_file_validates(path):
+    cfg = _config_class(path.parent.name).from_yaml(path)
+    assert cfg.as_dict()
