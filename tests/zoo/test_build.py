@@ -25,15 +25,7 @@ def test_unigram_baseline_matches_hand_computation():
 def test_toy_build_loads_and_resumes(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = ZooBuildConfig(
-        name="toy",
-        size="tiny",
-        steps=4,
-        batch_size=2,
-        seq_len=32,
-        warmup_steps=1,
-        max_corpus_docs=150,
-    )
+    cfg = ZooBuildConfig.from_yaml(SMOKE)
     out, work = tmp_path / "smoke", tmp_path / "work"
     report = build_zoo_model(cfg, out, work, log=lambda *a: None)
     assert report["tokens_seen"] == 4 * 2 * 32
