@@ -1,0 +1,53 @@
+"""The two OLMo norms as *scale × centred input*, so the lens can expose and freeze the scale.
+
+OLMo v1's norm is a parameter-free LayerNorm: ``(x - mean(x)) * s`` with ``s = 1/sqrt(var(x) + 1e-5)``.
+OLMo-2/3 use RMSNorm: ``w * x * s`` with ``s = 1/sqrt(mean(x²) + eps)``. Both compute in fp32 and cast back,
+as HF does. Given ``s`` the norm is *linear* in ``x``; freezing ``s`` at the value of a real forward pass
+(the "frozen-norm-scale linearisation") is what makes per-component attributions add up exactly to the
+normalised total, which is how direct logit attribution is defined for post-norm OLMo-2/3.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..family import FamilyAdapter
+
+__all__ = ["norm_scale", "apply_norm_with_scale", "V1_LAYERNORM_EPS"]
+
+#: HF's OlmoLayerNorm hard-codes eps (it has no parameters and ignores the config).
+V1_LAYERNORM_EPS = 1e-5
+
+
+def _is_layernorm(adapter: FamilyAdapter) -> bool:
+    return adapter.spec.norm_type == "layernorm_nonparametric"
+
+
+def norm_scale(x: torch.Tensor, module: nn.Module, adapter: FamilyAdapter) -> torch.Tensor:
+    """The fp32 scale ``[..., 1]`` the norm ``module`` applies to ``x``.
+
+    Bit-identical to HF for RMSNorm (same ops); for v1 the fused ``F.layer_norm`` kernel may differ by
+    rounding, which is why the lens never recomputes a norm output unless the scale was edited.
+    """
+    xf = x.to(torch.float32)
+    if _is_layernorm(adapter):
+        var = xf.var(-1, keepdim=True, unbiased=False)
+        return torch.rsqrt(var + V1_LAYERNORM_EPS)
+    variance = xf.pow(2).mean(-1, keepdim=True)
+    return torch.rsqrt(variance + module.variance_epsilon)
+
+
+def apply_norm_with_scale(
+    x: torch.Tensor, scale: torch.Tensor, module: nn.Module, adapter: FamilyAdapter, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """The norm of ``x`` with a given (e.g. frozen or edited) scale; linear in ``x``.
+
+    v1: ``(x - mean(x)) * scale``; v2/3: ``weight * x * scale``. Computed in fp32, cast to ``out_dtype``
+    (default ``x.dtype``).
+    """
+    out_dtype = out_dtype or x.dtype
+    xf = x.to(torch.float32)
+    if _is_layernorm(adapter):
+        return ((xf - xf.mean(-1, keepdim=True)) * scale).to(out_dtype)
+    return (module.weight * (xf * scale)).to(out_dtype)

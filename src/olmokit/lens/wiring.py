@@ -1,0 +1,469 @@
+"""Wiring hook points into an unmodified HF OLMo model, only where and while they are needed.
+
+There is no forked modeling code. Each hook point maps to a *site* on a module the family adapter names:
+
+* most values are a module's output or first input, reached with ``torch`` forward/pre-forward hooks;
+* ``hook_q/k/v`` (post-RoPE), ``hook_attn_scores`` and ``hook_pattern`` live inside HF's attention
+  function. For a layer that needs them, that layer's attention module gets a private config copy whose
+  ``_attn_implementation`` names a lens function registered with HF's ``AttentionInterface``. The lens
+  function runs the q/k/v hooks and then either delegates to the model's own implementation (SDPA stays
+  SDPA) or, only when scores/pattern are requested, runs the eager math with the layer's mask (causal,
+  sliding-window, padding) so the pattern is real;
+* ``hook_resid_mid`` has no module of its own (HF adds residuals inline), so an edit is applied at the
+  MLP input and the block output is then rebuilt as ``resid_mid' + mlp_out`` — exactly what the block
+  would have computed from the edited residual;
+* OLMo v1's ``clip_qkv`` uses an in-place ``clamp_`` that breaks backward hooks; while any hook is active
+  the lens switches HF's clamp off (config copy) and applies the same clamp out of place on the q/k/v
+  projection outputs, counting clipped entries per layer.
+
+Per HF module there is at most one pre-hook and one forward hook (a :class:`_Tap`), which runs its
+callbacks in a fixed priority order; a tap is removed when its last callback is.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import OlmokitError
+from ..family import FamilyAdapter, NormSite
+from .hook_points import HookPoint
+from .norms import apply_norm_with_scale, norm_scale
+
+__all__ = ["LENS_ATTN_IMPL", "Wiring", "ATTENTION_SITES"]
+
+#: Name under which the lens attention function is registered in HF's ``AttentionInterface``.
+LENS_ATTN_IMPL = "olmokit_lens"
+#: Hook short names that live inside the attention function.
+ATTENTION_SITES = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern")
+_EAGER_SITES = ("attn.hook_attn_scores", "attn.hook_pattern")
+
+
+# ----------------------------------------------------------------------------------------------- taps
+class _Tap:
+    """One ``torch`` hook on one module that runs a priority-ordered list of callbacks."""
+
+    def __init__(self, module: nn.Module, kind: str):
+        self.module, self.kind = module, kind
+        self.callbacks: list[tuple[int, int, Callable]] = []
+        self.handle = None
+        self._seq = 0
+
+    def add(self, priority: int, cb: Callable) -> tuple[int, int, Callable]:
+        entry = (priority, self._seq, cb)
+        self._seq += 1
+        self.callbacks.append(entry)
+        self.callbacks.sort(key=lambda e: e[:2])
+        if self.handle is None:
+            if self.kind == "pre":
+                self.handle = self.module.register_forward_pre_hook(self._run_pre, with_kwargs=True)
+            else:
+                self.handle = self.module.register_forward_hook(self._run_post, with_kwargs=True)
+        return entry
+
+    def discard(self, entry: tuple[int, int, Callable]) -> bool:
+        """Remove a callback; returns True when the tap became empty (and its torch hook is gone)."""
+        if entry in self.callbacks:
+            self.callbacks.remove(entry)
+        if not self.callbacks and self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        return not self.callbacks
+
+    def _run_pre(self, module, args, kwargs):
+        changed = False
+        for _, _, cb in list(self.callbacks):
+            res = cb(args, kwargs)
+            if res is not None:
+                args, kwargs = res
+                changed = True
+        return (args, kwargs) if changed else None
+
+    def _run_post(self, module, args, kwargs, output):
+        changed = False
+        for _, _, cb in list(self.callbacks):
+            res = cb(args, kwargs, output)
+            if res is not None:
+                output = res
+                changed = True
+        return output if changed else None
+
+
+def _first(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args:
+        return args[0]
+    for key in ("hidden_states", "input", "x"):
+        if key in kwargs:
+            return kwargs[key]
+    raise OlmokitError("lens: could not find the tensor input of a hooked module")
+
+
+def _with_first(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (new, *args[1:]), kwargs
+    for key in ("hidden_states", "input", "x"):
+        if key in kwargs:
+            return args, {**kwargs, key: new}
+    raise OlmokitError("lens: could not find the tensor input of a hooked module")
+
+
+def _out(output: Any) -> torch.Tensor:
+    # Decoder layers return a bare tensor in transformers >= 4.57 and a tuple before; attention a tuple.
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def _with_out(output: Any, new: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return new
+    return (new, *output[1:])
+
+
+# ----------------------------------------------------------------------------------------- attention
+@dataclass
+class _AttnContext:
+    base_impl: str
+    sites: dict[str, HookPoint] = field(default_factory=dict)
+
+
+_CONTEXTS: weakref.WeakKeyDictionary[nn.Module, _AttnContext] = weakref.WeakKeyDictionary()
+_REGISTERED = False
+
+
+def _modeling_module(module: nn.Module):
+    return sys.modules[type(module).__module__]
+
+
+def _additive_mask(mask: Any, query: torch.Tensor, key: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    """The layer's mask as an additive float tensor (what eager attention adds to the scores).
+
+    SDPA-style masks arrive as ``None`` (plain causal, skipped by HF) or boolean (True = attend); eager
+    masks are already additive. Masked entries get ``finfo.min``, as in HF's eager masks.
+    """
+    min_value = torch.finfo(query.dtype).min
+    if mask is None:
+        q_len, k_len = query.shape[-2], key.shape[-2]
+        q_pos = torch.arange(k_len - q_len, k_len, device=query.device)[:, None]
+        k_pos = torch.arange(k_len, device=query.device)[None, :]
+        allowed = k_pos <= q_pos
+        if sliding_window is not None:
+            allowed = allowed & (k_pos > q_pos - sliding_window)
+        mask = allowed[None, None]
+    if not isinstance(mask, torch.Tensor):
+        raise OlmokitError(
+            f"lens: attention patterns need an eager- or sdpa-style mask, got {type(mask).__name__}; "
+            "load the model with attn_implementation='sdpa' or 'eager'"
+        )
+    if mask.dtype == torch.bool:
+        zero = torch.zeros((), dtype=query.dtype, device=query.device)
+        return torch.where(mask, zero, torch.tensor(min_value, dtype=query.dtype, device=query.device))
+    return mask
+
+
+def _lens_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """HF attention-interface function: q/k/v hooks, then base implementation or hooked eager math."""
+    ctx = _CONTEXTS.get(module)
+    if ctx is None:  # pragma: no cover - a config copy outlived its wiring
+        raise OlmokitError("lens attention called for a module that is not wired")
+    sites = ctx.sites
+    for which, name in (("q", "attn.hook_q"), ("k", "attn.hook_k"), ("v", "attn.hook_v")):
+        hp = sites.get(name)
+        if hp is None:
+            continue
+        t = {"q": query, "k": key, "v": value}[which]
+        view = t.transpose(1, 2)  # [batch, pos, heads, d_head]
+        new = hp(view)
+        if new is not view:
+            new = new.transpose(1, 2)
+            query, key, value = (new, key, value) if which == "q" else (query, new, value) if which == "k" else (query, key, new)
+    if not any(name in sites for name in _EAGER_SITES):
+        eager = _modeling_module(module).eager_attention_forward
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        base = ALL_ATTENTION_FUNCTIONS.get_interface(ctx.base_impl, eager)
+        return base(module, query, key, value, attention_mask, **kwargs)
+
+    # Eager math, op for op as HF's eager_attention_forward, with the two hook points in between.
+    repeat_kv = _modeling_module(module).repeat_kv
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    scaling = kwargs.get("scaling", module.scaling)
+    scores = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+    scores = scores + _additive_mask(attention_mask, query, key_states, window)
+    if "attn.hook_attn_scores" in sites:
+        scores = sites["attn.hook_attn_scores"](scores)
+    pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if "attn.hook_pattern" in sites:
+        pattern = sites["attn.hook_pattern"](pattern)
+    pattern = nn.functional.dropout(pattern, p=kwargs.get("dropout", 0.0), training=module.training)
+    out = torch.matmul(pattern, value_states).transpose(1, 2).contiguous()
+    return out, pattern
+
+
+def _register_attention_function() -> None:
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(LENS_ATTN_IMPL, _lens_attention)
+        _REGISTERED = True
+
+
+# --------------------------------------------------------------------------------------------- wiring
+class Wiring:
+    """Connects the hook points of one model to its HF modules (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, hook_points: dict[str, HookPoint]):
+        _register_attention_function()
+        self.model, self.adapter, self.hook_points = model, adapter, hook_points
+        self._taps: dict[tuple[int, str], _Tap] = {}
+        self._active: dict[str, list[Callable[[], None]]] = {}
+        self._attn_sites: dict[int, dict[str, HookPoint]] = {}
+        self._orig_configs: dict[int, Any] = {}
+        self._engaged = 0
+        self._clip_removers: list[Callable[[], None]] = []
+        self._mid_state: dict[int, list] = {}
+        self._clip_counts: dict[int, dict[str, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def active_names(self) -> list[str]:
+        return list(self._active)
+
+    @property
+    def n_torch_hooks(self) -> int:
+        return sum(t.handle is not None for t in self._taps.values())
+
+    def _tap(self, module: nn.Module, kind: str, priority: int, cb: Callable) -> Callable[[], None]:
+        key = (id(module), kind)
+        tap = self._taps.get(key)
+        if tap is None:
+            tap = self._taps[key] = _Tap(module, kind)
+        entry = tap.add(priority, cb)
+
+        def remove() -> None:
+            if tap.discard(entry):
+                self._taps.pop(key, None)
+
+        return remove
+
+    def begin_forward(self) -> None:
+        self._mid_state.clear()
+        self._clip_counts.clear()
+
+    def end_forward(self) -> None:
+        self._mid_state.clear()
+
+    def clip_counts(self) -> dict[int, dict[str, int]]:
+        """Entries clipped by ``clip_qkv`` in the last lens forward, per layer and projection."""
+        return {i: {k: int(v) for k, v in d.items()} for i, d in sorted(self._clip_counts.items())}
+
+    # ------------------------------------------------------------------ activation
+    def set_active(self, hp: HookPoint) -> None:
+        """Wire ``hp`` if it has hooks and is not wired; unwire it if it has none."""
+        if hp.has_hooks and hp.name not in self._active:
+            if not self._active:
+                self.engage()
+            self._active[hp.name] = self._wire(hp)
+        elif not hp.has_hooks and hp.name in self._active:
+            for remove in self._active.pop(hp.name):
+                remove()
+            if not self._active:
+                self.disengage()
+
+    def engage(self) -> None:
+        """Lens-owned clip_qkv (out of place, counted) while any hook is active or on request."""
+        self._engaged += 1
+        if self._engaged == 1 and self.adapter.clip_qkv is not None:
+            for i in range(self.adapter.num_layers):
+                for which, proj in (("q", self.adapter.q_proj(i)), ("k", self.adapter.k_proj(i)), ("v", self.adapter.v_proj(i))):
+                    self._clip_removers.append(self._tap(proj, "post", 0, self._clamp_cb(i, which)))
+                self._refresh_attention(i)
+
+    def disengage(self) -> None:
+        self._engaged = max(0, self._engaged - 1)
+        if self._engaged == 0 and self._clip_removers:
+            for remove in self._clip_removers:
+                remove()
+            self._clip_removers.clear()
+            for i in range(self.adapter.num_layers):
+                self._refresh_attention(i)
+
+    def _clamp_cb(self, layer: int, which: str) -> Callable:
+        clip = float(self.adapter.clip_qkv)
+
+        def cb(args, kwargs, output):
+            counts = self._clip_counts.setdefault(layer, {})
+            n = (output.abs() > clip).sum()
+            counts[which] = counts[which] + n if which in counts else n
+            return torch.clamp(output, min=-clip, max=clip)  # out of place: backward hooks stay valid
+
+        return cb
+
+    def _refresh_attention(self, i: int) -> None:
+        """Give layer ``i``'s attention module the config it needs now (or its original back)."""
+        attn = self.adapter.attention(i)
+        overrides: dict[str, Any] = {}
+        sites = self._attn_sites.get(i)
+        if sites:
+            overrides["_attn_implementation_internal"] = LENS_ATTN_IMPL
+        if self._engaged and self.adapter.clip_qkv is not None:
+            overrides["clip_qkv"] = None
+        orig = self._orig_configs.get(i, attn.config)
+        if not overrides:
+            if i in self._orig_configs:
+                attn.config = self._orig_configs.pop(i)
+            _CONTEXTS.pop(attn, None)
+            return
+        self._orig_configs[i] = orig
+        cfg = copy.copy(orig)
+        for key, value in overrides.items():
+            object.__setattr__(cfg, key, value)
+        attn.config = cfg
+        if sites:
+            _CONTEXTS[attn] = _AttnContext(orig._attn_implementation or "eager", sites)
+        else:
+            _CONTEXTS.pop(attn, None)
+
+    # ------------------------------------------------------------------ sites
+    def _wire(self, hp: HookPoint) -> list[Callable[[], None]]:
+        name, a = hp.name, self.adapter
+        if name == "hook_embed":
+            return [self._tap(a.embed_tokens(), "post", 10, self._out_cb(hp))]
+        if name.startswith("ln_final."):
+            return [self._norm_site(hp, a.final_norm(), name.endswith("hook_scale"))]
+        _, layer_s, short = name.split(".", 2)
+        i = int(layer_s)
+        post = a.norm_placement == "post"
+        if short in ATTENTION_SITES:
+            self._attn_sites.setdefault(i, {})[short] = hp
+            self._refresh_attention(i)
+
+            def remove() -> None:
+                self._attn_sites.get(i, {}).pop(short, None)
+                if not self._attn_sites.get(i):
+                    self._attn_sites.pop(i, None)
+                self._refresh_attention(i)
+
+            return [remove]
+        if short == "hook_resid_pre":
+            return [self._tap(a.layer(i), "pre", 10, self._in_cb(hp))]
+        if short == "hook_resid_post":
+            return [self._tap(a.layer(i), "post", 10, self._out_cb(hp))]
+        if short == "attn.hook_z":
+            return [self._tap(a.o_proj(i), "pre", 10, self._heads_in_cb(hp))]
+        if short == "attn.hook_raw_out":
+            return [self._tap(a.attention(i), "post", 10, self._out_cb(hp))]
+        if short == "mlp.hook_raw_out":
+            return [self._tap(a.mlp(i), "post", 10, self._out_cb(hp))]
+        if short == "mlp.hook_pre":
+            return [self._tap(a.gate_proj(i), "post", 10, self._out_cb(hp))]
+        if short == "mlp.hook_pre_linear":
+            return [self._tap(a.up_proj(i), "post", 10, self._out_cb(hp))]
+        if short == "mlp.hook_post":
+            return [self._tap(a.down_proj(i), "pre", 10, self._in_cb(hp))]
+        if short == "hook_attn_out":
+            if post:
+                return [self._tap(a.norm(i, NormSite.ATTN_OUTPUT), "post", 10, self._out_cb(hp))]
+            return [self._tap(a.attention(i), "post", 20, self._out_cb(hp))]
+        if short == "hook_mlp_out":
+            return [self._tap(self._mlp_out_module(i), "post", 10 if post else 20, self._out_cb(hp))]
+        if short == "hook_resid_mid":
+            return self._resid_mid_site(hp, i)
+        norm_sites = {
+            "ln1": NormSite.ATTN_INPUT,
+            "ln2": NormSite.MLP_INPUT,
+            "ln1_post": NormSite.ATTN_OUTPUT,
+            "ln2_post": NormSite.MLP_OUTPUT,
+        }
+        ln, _, leaf = short.partition(".")
+        if ln in norm_sites:
+            return [self._norm_site(hp, a.norm(i, norm_sites[ln]), leaf == "hook_scale")]
+        raise OlmokitError(f"lens: no site for hook {name!r}")  # pragma: no cover
+
+    def _mlp_out_module(self, i: int) -> nn.Module:
+        a = self.adapter
+        return a.norm(i, NormSite.MLP_OUTPUT) if a.norm_placement == "post" else a.mlp(i)
+
+    @staticmethod
+    def _out_cb(hp: HookPoint) -> Callable:
+        def cb(args, kwargs, output):
+            value = _out(output)
+            new = hp(value)
+            return None if new is value else _with_out(output, new)
+
+        return cb
+
+    @staticmethod
+    def _in_cb(hp: HookPoint) -> Callable:
+        def cb(args, kwargs):
+            value = _first(args, kwargs)
+            new = hp(value)
+            return None if new is value else _with_first(args, kwargs, new)
+
+        return cb
+
+    def _heads_in_cb(self, hp: HookPoint) -> Callable:
+        n_heads, d_head = self.adapter.num_heads, self.adapter.head_dim
+
+        def cb(args, kwargs):
+            flat = _first(args, kwargs)
+            view = flat.view(*flat.shape[:-1], n_heads, d_head)
+            new = hp(view)
+            if new is view:
+                return None
+            return _with_first(args, kwargs, new.reshape(*flat.shape))
+
+        return cb
+
+    def _norm_site(self, hp: HookPoint, norm: nn.Module, is_scale: bool) -> Callable[[], None]:
+        if not is_scale:
+            return self._tap(norm, "post", 10, self._out_cb(hp))
+        adapter = self.adapter
+
+        def cb(args, kwargs, output):
+            x = _first(args, kwargs)
+            scale = norm_scale(x, norm, adapter)
+            new = hp(scale)
+            if new is scale:
+                return None
+            return _with_out(output, apply_norm_with_scale(x, new, norm, adapter, out_dtype=_out(output).dtype))
+
+        return self._tap(norm, "post", 5, cb)
+
+    def _resid_mid_site(self, hp: HookPoint, i: int) -> list[Callable[[], None]]:
+        a = self.adapter
+        mid_module = a.mlp(i) if a.norm_placement == "post" else a.norm(i, NormSite.MLP_INPUT)
+        state = self._mid_state
+
+        def on_input(args, kwargs):
+            value = _first(args, kwargs)
+            new = hp(value)
+            if new is value:
+                return None
+            state[i] = [new, None]
+            return _with_first(args, kwargs, new)
+
+        def record_mlp_out(args, kwargs, output):
+            if i in state:
+                state[i][1] = _out(output)
+
+        def rebuild_block_out(args, kwargs, output):
+            # HF added the *unedited* residual; rebuild resid_post from the edited one, same op order.
+            if i not in state:
+                return None
+            new_mid, mlp_out = state.pop(i)
+            return _with_out(output, new_mid + mlp_out)
+
+        return [
+            self._tap(mid_module, "pre", 10, on_input),
+            self._tap(self._mlp_out_module(i), "post", 90, record_mlp_out),
+            self._tap(a.layer(i), "post", 0, rebuild_block_out),
+        ]
