@@ -10,6 +10,7 @@ from .formatting import (
     record_segments,
 )
 from .readers import RECORD_KINDS, Record, read_records
+from .tasks import TASKS, MultipleChoiceExample, Task, get_task, mc_examples_from_records, stdlib_module_task
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -22,4 +23,10 @@ __all__ = [
     "encode_records",
     "read_records",
     "record_segments",
+    "TASKS",
+    "MultipleChoiceExample",
+    "Task",
+    "get_task",
+    "mc_examples_from_records",
+    "stdlib_module_task",
 ]

@@ -1,0 +1,83 @@
+"""JoLA — joint localization and activation editing — for OLMo v1/2/3.
+
+Per attention head h of each edited layer: z'_h = (1 + g2_h·A_h) ⊙ z_h + g1_h·v_h on the input of
+``o_proj``, with HardConcrete gates g1 (additive) and g2 (multiplicative). L·H·(2·head_dim + 2)
+trainable parameters. Start with :func:`attach_jola` (any loaded OLMo model) or the seed-style
+``JoLAOlmo2Model.jola_from_pretrained(...)``, train with :class:`JoLATrainer` or :func:`train_jola`,
+then :func:`save_jola` / :func:`load_jola`, :func:`merge_jola` (exact fold into plain HF weights) and
+:func:`write_report` (which heads are open). See ``docs/jola.md``.
+"""
+
+from .checkpoint import load_jola, merge_jola, read_adapter, save_jola, save_merged
+from .config import DataSection, JoLAConfig, JoLASettings, ModelSection, TrainingSection
+from .evaluate import choice_logprobs, evaluate_examples, exact_match, mc_accuracy
+from .layer import HardConcrete, JoLAEdit, expected_gate, hard_gate, prob_open, sample_gate
+from .model import (
+    JoLAModel,
+    JoLAOlmo2Model,
+    JoLAOlmo3Model,
+    JoLAOlmoModel,
+    attach_jola,
+    detach_jola,
+    disable_jola,
+    has_jola,
+    jola_edits,
+    jola_parameters,
+    jola_state_dict,
+    num_jola_parameters,
+    set_gate_mode,
+    unfreeze_jola_params,
+)
+from .report import GateReport, gate_report, write_report
+from .run import load_run_data, train_jola
+from .schedulers import SCHEDULERS, GateScheduler, make_scheduler
+from .train import JoLATrainer, TrainingDivergedError, gate_penalty, training_arguments
+
+__all__ = [
+    "DataSection",
+    "GateReport",
+    "GateScheduler",
+    "HardConcrete",
+    "JoLAConfig",
+    "JoLAEdit",
+    "JoLAModel",
+    "JoLAOlmo2Model",
+    "JoLAOlmo3Model",
+    "JoLAOlmoModel",
+    "JoLASettings",
+    "JoLATrainer",
+    "ModelSection",
+    "SCHEDULERS",
+    "TrainingDivergedError",
+    "TrainingSection",
+    "attach_jola",
+    "choice_logprobs",
+    "detach_jola",
+    "disable_jola",
+    "evaluate_examples",
+    "exact_match",
+    "expected_gate",
+    "gate_penalty",
+    "gate_report",
+    "hard_gate",
+    "has_jola",
+    "jola_edits",
+    "jola_parameters",
+    "jola_state_dict",
+    "load_jola",
+    "load_run_data",
+    "make_scheduler",
+    "mc_accuracy",
+    "merge_jola",
+    "num_jola_parameters",
+    "prob_open",
+    "read_adapter",
+    "sample_gate",
+    "save_jola",
+    "save_merged",
+    "set_gate_mode",
+    "train_jola",
+    "training_arguments",
+    "unfreeze_jola_params",
+    "write_report",
+]

@@ -1,0 +1,157 @@
+"""``olmokit jola train|eval|merge|report`` — thin wrappers over the library functions."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..cli.common import add_tool_parser, print_json, print_table
+from ..zoo.registry import DEFAULT_MODEL
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    _, verbs = add_tool_parser(
+        subparsers, "jola", "JoLA: train, evaluate, merge and inspect per-head gated attention edits"
+    )
+
+    p = verbs.add_parser(
+        "train",
+        help="train a JoLA adapter from a YAML config (default: zoo model + built-in task)",
+        description="Train JoLA. CONFIG has model_config/training_config/jola_config/data_config "
+        "sections; key.sub=value overrides follow it. Multi-process: accelerate launch "
+        "--num_processes 2 $(which olmokit) jola train CONFIG.",
+    )
+    p.add_argument("config", nargs="?", help="YAML config (default: all defaults)")
+    p.add_argument("overrides", nargs="*", help="overrides like training_config.max_steps=50")
+    p.add_argument("--model", help="shortcut for model_config.pretrained_model_name_or_path")
+    p.add_argument("--output-dir", help="shortcut for training_config.output_dir")
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    p.set_defaults(func=_train)
+
+    p = verbs.add_parser("eval", help="held-out accuracy / exact match of the base and of adapters")
+    p.add_argument("adapters", nargs="*", help="adapter directories to evaluate (base is always included)")
+    p.add_argument("--model", help="base model (default: the first adapter's base, else the zoo model)")
+    p.add_argument("--task", default="stdlib_module", help="built-in task (default stdlib_module)")
+    p.add_argument("--data", help="JSON/JSONL held-out file (records with 'choices' get MC accuracy)")
+    p.add_argument("--limit", type=int, default=200, help="number of held-out examples (default 200)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-generate", action="store_true", help="skip greedy exact match")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=_eval)
+
+    p = verbs.add_parser("merge", help="fold an adapter into the base weights; writes a plain HF model dir")
+    p.add_argument("adapter", help="adapter directory")
+    p.add_argument("out", help="output directory (loads with stock from_pretrained)")
+    p.add_argument("--model", help="base model (default: the adapter's recorded base)")
+    p.add_argument("--gate-mode", choices=["expected", "hard", "topk"], help="override the adapter's gate mode")
+    p.add_argument("--topk", type=int, help="with --gate-mode topk")
+    p.add_argument("--dtype", default="float32")
+    p.set_defaults(func=_merge)
+
+    p = verbs.add_parser("report", help="per-layer x per-head open gates: table, JSON and heatmap PNG")
+    p.add_argument("adapter", help="adapter directory (no base model needed)")
+    p.add_argument("--out", help="output directory (default: ADAPTER/report)")
+    p.add_argument("--mode", choices=["expected", "hard", "topk"], help="gate mode (default: the adapter's)")
+    p.set_defaults(func=_report)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import JoLAConfig
+    from .run import train_jola
+
+    overrides = list(args.overrides)
+    if args.config and "=" in args.config and not Path(args.config).exists():
+        overrides.insert(0, args.config)  # `olmokit jola train key=value` without a config file
+        args.config = None
+    if args.model:
+        overrides.append(f"model_config.pretrained_model_name_or_path={args.model}")
+    if args.output_dir:
+        overrides.append(f"training_config.output_dir={args.output_dir}")
+    config = JoLAConfig.from_yaml(args.config, overrides) if args.config else JoLAConfig().merge(overrides)
+    summary = train_jola(config, progress=True, evaluate=not args.no_eval)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    if "test" not in summary:
+        print_json({k: v for k, v in summary.items() if k != "report"})
+        return
+    rows = [[name, *(_fmt(res.get(k)) for k in ("acc", "em")), res.get("n")] for name, res in summary["test"].items()]
+    print_table(["model", "acc", "exact match", "n"], rows)
+    print(f"JoLA parameters: {summary['jola_parameters']:,}; steps: {summary['global_step']}; "
+          f"adapter: {Path(summary['output_dir']) / 'adapter'}")
+    if "report" in summary:
+        print(f"gate report: {summary['report']['markdown']} and {summary['report']['heatmap']}")
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..data.readers import read_records
+    from ..data.tasks import get_task
+    from ..files import atomic_write_json
+    from ..loading import load_model, load_tokenizer
+    from .checkpoint import load_jola, read_adapter
+    from .evaluate import evaluate_examples
+    from .model import detach_jola, has_jola
+    from .run import test_examples
+
+    base_name = args.model
+    if base_name is None and args.adapters:
+        base_name = read_adapter(args.adapters[0])[0]["base_model"].get("name_or_path") or None
+    base_name = base_name or DEFAULT_MODEL
+    model = load_model(base_name, device=args.device)
+    tokenizer = load_tokenizer(base_name)
+    if args.data:
+        examples = test_examples(read_records(args.data))[: args.limit]
+    else:
+        examples = get_task(args.task).heldout[: args.limit]
+    gen = not args.no_generate
+    results = {"base": evaluate_examples(model, tokenizer, examples, args.batch_size, gen, progress=True)}
+    for adapter in args.adapters:
+        if has_jola(model):
+            detach_jola(model)
+        load_jola(model, adapter)
+        results[adapter] = evaluate_examples(model, tokenizer, examples, args.batch_size, gen, progress=True)
+    mc = bool(examples) and len(examples[0].choices) > 1
+    rows = [[name, _fmt(r.get("acc")) if mc else "-", _fmt(r.get("em")), r.get("n")] for name, r in results.items()]
+    print(f"model: {base_name}; {len(examples)} held-out examples")
+    print_table(["model", "acc", "exact match", "n"], rows)
+    if args.json:
+        atomic_write_json(args.json, {"model": base_name, "results": results})
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from ..loading import load_model, load_tokenizer, save_model
+    from .checkpoint import load_jola, merge_jola, read_adapter
+
+    meta, _ = read_adapter(args.adapter)
+    base_name = args.model or meta["base_model"].get("name_or_path") or DEFAULT_MODEL
+    model = load_model(base_name, dtype=args.dtype)
+    load_jola(model, args.adapter)
+    merged = merge_jola(model, args.gate_mode, args.topk)
+    try:
+        tokenizer = load_tokenizer(base_name)
+    except Exception:  # a base without a tokenizer still merges
+        tokenizer = None
+    out = save_model(merged, args.out, tokenizer)
+    print(f"merged {args.adapter} into {base_name}: {out} (attention_bias={merged.config.attention_bias})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import gate_report, write_report
+
+    out = Path(args.out) if args.out else Path(args.adapter) / "report"
+    paths = write_report(args.adapter, out, args.mode)
+    print(gate_report(args.adapter, args.mode).markdown())
+    print_json({k: str(v) for k, v in paths.items()})
+    return 0
