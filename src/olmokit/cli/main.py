@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "olmokit.cli.info",
     "olmokit.cli.zoo",
     "olmokit.jola.cli",
+    "olmokit.lens.cli",
 ]
 
 

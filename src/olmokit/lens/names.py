@@ -65,7 +65,7 @@ _BLOCK_HOOKS: list[tuple[str, tuple[str, ...], str, tuple[int, ...]]] = [
     ("mlp.hook_raw_out", _RESID, "down_proj output before post_feedforward_layernorm (NOT added to the residual)", (2, 3)),
     ("ln2_post.hook_scale", _SCALE, "1/rms of mlp raw_out in post_feedforward_layernorm", (2, 3)),
     ("hook_mlp_out", _RESID, "what the MLP adds to the residual (v1: down_proj output; v2/3: post-norm output)", (1, 2, 3)),
-    ("hook_resid_post", _RESID, "resid_mid + mlp_out (exactly) = HF hidden_states[i+1] (before the final norm)", (1, 2, 3)),
+    ("hook_resid_post", _RESID, "resid_mid + mlp_out (exactly) = HF hidden_states[i+1] (HF's last entry is after the final norm)", (1, 2, 3)),
 ]
 
 _GLOBAL_PRE = [("hook_embed", _RESID, "token embeddings (= resid_pre of block 0)")]
