@@ -99,6 +99,10 @@ class HookPoint(nn.Module):
             if out is not None:
                 x = out
         if self.bwd_hooks and isinstance(x, torch.Tensor) and x.requires_grad:
+            # A fresh autograd node that the wiring then passes downstream (a site forwards a value only
+            # when it is a new object); a hook on the incoming tensor itself could sit on a reshaped
+            # view that the model never uses, and would not fire.
+            x = x.view_as(x)
             for handle in self.bwd_hooks:
                 x.register_hook(_grad_hook(handle, self))
         return x

@@ -1,7 +1,8 @@
 """The two OLMo norms as *scale × centred input*, so the lens can expose and freeze the scale.
 
-OLMo v1's norm is a parameter-free LayerNorm: ``(x - mean(x)) * s`` with ``s = 1/sqrt(var(x) + 1e-5)``.
-OLMo-2/3 use RMSNorm: ``w * x * s`` with ``s = 1/sqrt(mean(x²) + eps)``. Both compute in fp32 and cast back,
+OLMo v1's norm is a parameter-free LayerNorm: ``(x - mean(x)) / s`` with ``s = sqrt(var(x) + 1e-5)``.
+OLMo-2/3 use RMSNorm: ``w * x / s`` with ``s = sqrt(mean(x²) + eps)``. ``s`` is what ``hook_scale``
+exposes, as in TransformerLens (the number the input is divided by). Both compute in fp32 and cast back,
 as HF does. Given ``s`` the norm is *linear* in ``x``; freezing ``s`` at the value of a real forward pass
 (the "frozen-norm-scale linearisation") is what makes per-component attributions add up exactly to the
 normalised total, which is how direct logit attribution is defined for post-norm OLMo-2/3.
@@ -25,17 +26,18 @@ def _is_layernorm(adapter: FamilyAdapter) -> bool:
 
 
 def norm_scale(x: torch.Tensor, module: nn.Module, adapter: FamilyAdapter) -> torch.Tensor:
-    """The fp32 scale ``[..., 1]`` the norm ``module`` applies to ``x``.
+    """The fp32 scale ``[..., 1]`` the norm ``module`` divides ``x`` by (std for v1, rms for v2/3).
 
-    Bit-identical to HF for RMSNorm (same ops); for v1 the fused ``F.layer_norm`` kernel may differ by
-    rounding, which is why the lens never recomputes a norm output unless the scale was edited.
+    HF multiplies by ``rsqrt`` (and v1 uses the fused ``F.layer_norm``), so dividing by this scale can
+    differ from HF's output by rounding; that is why the lens never recomputes a norm output unless the
+    scale was edited, and why attributions built on it are compared with a tolerance.
     """
     xf = x.to(torch.float32)
     if _is_layernorm(adapter):
         var = xf.var(-1, keepdim=True, unbiased=False)
-        return torch.rsqrt(var + V1_LAYERNORM_EPS)
+        return torch.sqrt(var + V1_LAYERNORM_EPS)
     variance = xf.pow(2).mean(-1, keepdim=True)
-    return torch.rsqrt(variance + module.variance_epsilon)
+    return torch.sqrt(variance + module.variance_epsilon)
 
 
 def apply_norm_with_scale(
@@ -43,11 +45,11 @@ def apply_norm_with_scale(
 ) -> torch.Tensor:
     """The norm of ``x`` with a given (e.g. frozen or edited) scale; linear in ``x``.
 
-    v1: ``(x - mean(x)) * scale``; v2/3: ``weight * x * scale``. Computed in fp32, cast to ``out_dtype``
+    v1: ``(x - mean(x)) / scale``; v2/3: ``weight * x / scale``. Computed in fp32, cast to ``out_dtype``
     (default ``x.dtype``).
     """
     out_dtype = out_dtype or x.dtype
     xf = x.to(torch.float32)
     if _is_layernorm(adapter):
-        return ((xf - xf.mean(-1, keepdim=True)) * scale).to(out_dtype)
-    return (module.weight * (xf * scale)).to(out_dtype)
+        return ((xf - xf.mean(-1, keepdim=True)) / scale).to(out_dtype)
+    return (module.weight * (xf / scale)).to(out_dtype)
