@@ -135,7 +135,9 @@ def attach_jola(
         edit = JoLAEdit(adapter.num_heads, adapter.head_dim, hc, device=o_proj.weight.device)
         if init:
             edit.reset_parameters(settings.edit_init_std, settings.log_alpha_init, generator=gen)
-        adapter.attention(i).add_module(EDIT_ATTR, edit)
+        attn = adapter.attention(i)
+        edit.train(attn.training)  # a new module defaults to training mode; follow the model's
+        attn.add_module(EDIT_ATTR, edit)
         state.edits[i] = edit
         state.handles.append(o_proj.register_forward_pre_hook(_make_hook(state, edit)))
     edit_params = {id(p) for e in state.edits.values() for p in e.parameters()}

@@ -1,0 +1,134 @@
+"""JoLATrainer: penalty, scheduler stepping, early stopping/best restore, NaN handling, bad data."""
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from olmokit.data.readers import Record
+from olmokit.errors import DataError
+from olmokit.jola import (
+    JoLASettings,
+    JoLATrainer,
+    TrainingDivergedError,
+    attach_jola,
+    gate_penalty,
+    jola_edits,
+    jola_state_dict,
+    read_adapter,
+    training_arguments,
+)
+from olmokit.jola.config import TrainingSection
+from olmokit.jola.layer import prob_open
+from olmokit.zoo.presets import random_model
+
+
+def _records(n=24):
+    words = ["alpha", "beta", "gamma", "delta"]
+    return [
+        Record("chat", {"messages": [{"role": "user", "content": f"Say {words[i % 4]} {i}"},
+                                     {"role": "assistant", "content": words[i % 4]}]}, f"mem:{i}")
+        for i in range(n)
+    ]
+
+
+def _trainer(tmp_path, tok, model=None, **section):
+    model = model or random_model("olmo2", "tiny", seed=0)
+    if not hasattr(model, "_olmokit_jola"):
+        attach_jola(model, JoLASettings(gate_lambda=0.01))
+    kw = dict(max_steps=6, warmup_steps=0, per_device_train_batch_size=4, eval_strategy="steps",
+              eval_steps=2, logging_steps=2, disable_tqdm=True, learning_rate=1e-2)
+    kw.update(section)
+    patience = kw.pop("early_stopping_patience", None)
+    args = training_arguments(TrainingSection(**kw), str(tmp_path), use_cpu=True)
+    recs = _records()
+    return JoLATrainer(model=model, args=args, train_dataset=recs[:16], eval_dataset=recs[16:],
+                       tokenizer=tok, max_seq_length=64, early_stopping_patience=patience)
+
+
+def test_penalty_forms():
+    m = random_model("olmo2", "tiny", seed=0)
+    attach_jola(m)
+    edits = list(jola_edits(m).values())
+    hc = edits[0].hc
+    p1 = torch.stack([prob_open(e.log_g1, hc) for e in edits])
+    p2 = torch.stack([prob_open(e.log_g2, hc) for e in edits])
+    strength = gate_penalty(m, JoLASettings(gate_lambda=0.5), 0.1)
+    torch.testing.assert_close(strength, 0.5 * 0.1 * (p1.sum() + p2.sum()))
+    mixing = gate_penalty(m, JoLASettings(penalty="mixing", gate_lambda=123.0), 0.3)
+    LH = p1.numel()
+    torch.testing.assert_close(mixing, 0.3 * p1.mean(-1).sum() / LH + 0.7 * p2.mean(-1).sum() / LH)
+    # a real strength: zero lambda, zero penalty
+    assert gate_penalty(m, JoLASettings(gate_lambda=0.0), 0.1).item() == 0.0
+
+
+def test_train_steps_scheduler_and_restores_best(tmp_path, zoo_tokenizer):
+    tr = _trainer(tmp_path, zoo_tokenizer)
+    before = {k: v.clone() for k, v in jola_state_dict(tr.model).items()}
+    tr.evaluate()
+    assert tr.gate_scheduler.step == 0  # evaluation never advances the scheduler
+    out = tr.train()
+    assert out.global_step == 6 and tr.gate_scheduler.step == 6
+    assert tr.gate_scheduler.value == pytest.approx(0.1 * torch.exp(torch.tensor(-0.06)).item())
+    after = jola_state_dict(tr.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert tr.best is not None and all(torch.equal(tr._best[2][k], after[k]) for k in after)
+    # base weights untouched
+    fresh = random_model("olmo2", "tiny", seed=0)
+    base_sd = {k: v for k, v in tr.model.state_dict().items() if ".jola." not in k}
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in base_sd.items())
+    tr.save_model(str(tmp_path / "saved"))
+    meta, tensors = read_adapter(tmp_path / "saved")
+    assert set(tensors) == set(after) and not (tmp_path / "saved" / "model.safetensors").exists()
+
+
+def test_early_stopping(tmp_path, zoo_tokenizer):
+    # lr so small the eval loss cannot improve -> stop after `patience` evaluations without improvement
+    tr = _trainer(tmp_path, zoo_tokenizer, max_steps=40, eval_steps=1, learning_rate=1e-30, early_stopping_patience=2)
+    out = tr.train()
+    assert out.global_step == 3
+
+
+class _PoisonBase(TrainerCallback):
+    """Sets a base weight to NaN after optimizer step `at`, so the next loss is NaN."""
+
+    def __init__(self, model, at):
+        self.model, self.at = model, at
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.at:
+            with torch.no_grad():
+                self.model.get_submodule("model.embed_tokens").weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_last_good(tmp_path, zoo_tokenizer):
+    tr = _trainer(tmp_path, zoo_tokenizer, max_steps=10, eval_strategy="no")
+    snap = {}
+
+    class _Grab(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                snap.update({k: v.clone() for k, v in jola_state_dict(tr.model).items()})
+
+    tr.add_callback(_Grab())
+    tr.add_callback(_PoisonBase(tr.model, 3))
+    with pytest.raises(TrainingDivergedError, match=r"non-finite loss \(nan\) at optimizer step 4.*from optimizer step 3"):
+        tr.train()
+    got = jola_state_dict(tr.model)
+    assert all(torch.equal(got[k], snap[k]) for k in snap)
+    _, saved = read_adapter(tmp_path / "last_good")
+    assert all(torch.equal(saved[k], snap[k]) for k in snap)
+
+
+def test_bad_dataset_files(tmp_path, zoo_tokenizer):
+    m = random_model("olmo2", "tiny", seed=0)
+    attach_jola(m)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        JoLATrainer(model=m, train_dataset=str(empty), tokenizer=zoo_tokenizer)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n" + "{not json\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:2"):
+        JoLATrainer(model=m, train_dataset=str(bad), tokenizer=zoo_tokenizer)
