@@ -328,7 +328,8 @@ class Wiring:
             object.__setattr__(cfg, key, value)
         attn.config = cfg
         if sites:
-            _CONTEXTS[attn] = _AttnContext(orig._attn_implementation or "eager", sites)
+            base = getattr(orig, "_attn_implementation", None) or self.model.config._attn_implementation
+            _CONTEXTS[attn] = _AttnContext(base or "eager", sites)
         else:
             _CONTEXTS.pop(attn, None)
 
