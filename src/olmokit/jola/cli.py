@@ -101,7 +101,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_jola, read_adapter
     from .evaluate import evaluate_examples
     from .model import detach_jola, has_jola
-    from .run import test_examples
+    from .run import heldout_examples
 
     base_name = args.model
     if base_name is None and args.adapters:
@@ -110,7 +110,7 @@ def _eval(args: argparse.Namespace) -> int:
     model = load_model(base_name, device=args.device)
     tokenizer = load_tokenizer(base_name)
     if args.data:
-        examples = test_examples(read_records(args.data))[: args.limit]
+        examples = heldout_examples(read_records(args.data))[: args.limit]
     else:
         examples = get_task(args.task).heldout[: args.limit]
     gen = not args.no_generate

@@ -32,7 +32,7 @@ from .model import attach_jola, disable_jola, num_jola_parameters, resolve_devic
 from .report import write_report
 from .train import JoLATrainer, training_arguments
 
-__all__ = ["RunData", "load_run_data", "test_examples", "train_jola", "compare_on"]
+__all__ = ["RunData", "load_run_data", "heldout_examples", "train_jola", "compare_on"]
 
 
 @dataclass
@@ -48,7 +48,7 @@ def _subsample(rows: list, n: int | None, seed: int) -> list:
     return random.Random(seed).sample(rows, n)
 
 
-def test_examples(records: list[Record]) -> list[MultipleChoiceExample]:
+def heldout_examples(records: list[Record]) -> list[MultipleChoiceExample]:
     """Multiple-choice examples where records have ``choices``; otherwise single-answer examples
     (scored by exact match only)."""
     mc = mc_examples_from_records(records)
@@ -75,7 +75,7 @@ def load_run_data(data: DataSection) -> RunData:
         else:
             rest = [r for r in rows if r not in train]
             valid = rest[: data.eval_size] if data.eval_size else rest
-        return RunData(train, valid, test_examples(valid))
+        return RunData(train, valid, heldout_examples(valid))
     if not data.task:
         raise DataError("data_config needs train_file or task")
     n_train, n_valid = data.train_size or 200, data.eval_size or 200
@@ -106,6 +106,7 @@ def compare_on(
 def train_jola(config: JoLAConfig, progress: bool = True, evaluate: bool = True) -> dict[str, Any]:
     """Run a whole config; returns a summary (also written to ``<output_dir>/eval.json``)."""
     torch.manual_seed(config.training.seed)
+    data = load_run_data(config.data)  # bad data fails before the model is loaded
     mc = config.model
     model = load_model(
         mc.pretrained_model_name_or_path,
@@ -118,10 +119,10 @@ def train_jola(config: JoLAConfig, progress: bool = True, evaluate: bool = True)
     )
     tokenizer = load_tokenizer(mc.pretrained_model_name_or_path, revision=mc.revision)
     attach_jola(model, config.jola, mc.applied_layers)
-    data = load_run_data(config.data)
     out = Path(config.training.output_dir)
     overrides: dict[str, Any] = {}
-    if mc.device == "cpu":
+    if mc.device == "cpu" or (mc.device == "auto" and not torch.cuda.is_available()):
+        # also what makes `accelerate launch` / torchrun processes on a CPU machine form a gloo group
         overrides["use_cpu"] = True
     if not data.valid:
         overrides["eval_strategy"] = "no"

@@ -1,0 +1,55 @@
+"""The built-in stdlib_module task: size, determinism, split hygiene."""
+
+import pytest
+
+from olmokit.data.tasks import get_task, mc_examples_from_records, stdlib_module_task
+from olmokit.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def task():
+    return stdlib_module_task()
+
+
+def test_sizes_and_choices(task):
+    assert len(task.train) >= 400 and len(task.heldout) >= 200
+    for ex in task.train[:50] + task.heldout[:50]:
+        assert len(ex.choices) == 4 and len(set(ex.choices)) == 4
+        assert ex.answer_text in ex.prompt and all(c in ex.prompt for c in ex.choices)
+    # answers are spread over positions (no position bias)
+    positions = {ex.answer for ex in task.heldout}
+    assert positions == {0, 1, 2, 3}
+
+
+def test_deterministic_and_disjoint(task):
+    again = stdlib_module_task()
+    assert again.train == task.train and again.heldout == task.heldout
+    train_docs = {ex.prompt.split("\n\n")[1] for ex in task.train}
+    held_docs = {ex.prompt.split("\n\n")[1] for ex in task.heldout}
+    assert not train_docs & held_docs
+    # held-out examples come from held-out files of the zoo corpus split
+    from olmokit.zoo.corpus import is_held_out
+
+    for ex in task.heldout[:30]:
+        rel = ex.source.removeprefix("stdlib:").rsplit(":", 1)[0]
+        assert is_held_out(f"file:{rel}")
+
+
+def test_record_formats(task):
+    ex = task.heldout[0]
+    rec = ex.record(1)
+    assert rec.kind == "chat" and rec.messages[-1] == {"role": "assistant", "content": ex.choices[1]}
+    assert get_task("stdlib_module").heldout[:3] == task.heldout[:3]
+    with pytest.raises(ConfigError, match="stdlib_module"):
+        get_task("nope")
+
+
+def test_mc_from_records():
+    from olmokit.data.readers import Record
+
+    r = Record("prompt_completion", {"prompt": "2+2=", "completion": "4", "choices": ["3", "4"]}, "f:1")
+    (ex,) = mc_examples_from_records([r])
+    assert ex.answer == 1 and ex.record().data["completion"] == "4"
+    bad = Record("prompt_completion", {"prompt": "2+2=", "completion": "5", "choices": ["3", "4"]}, "f:2")
+    with pytest.raises(DataError, match="f:2"):
+        mc_examples_from_records([bad])
