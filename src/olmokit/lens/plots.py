@@ -39,7 +39,7 @@ def plot_attention_pattern(
 ) -> Path:
     """Heatmap of one head's ``[query, key]`` pattern (masked entries are exactly 0)."""
     plt = _plt()
-    pattern = pattern.detach().float().cpu()
+    pattern = pattern.detach().float().cpu().numpy()
     n = pattern.shape[-1]
     size = min(12.0, 2.5 + 0.18 * n)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -58,7 +58,7 @@ def plot_attention_pattern(
 def plot_head_scores(scores: torch.Tensor, path: str | os.PathLike[str], title: str = "", cmap: str = "viridis") -> Path:
     """``[n_layers, n_heads]`` scores (e.g. induction) with values written in the cells."""
     plt = _plt()
-    scores = scores.detach().float().cpu()
+    scores = scores.detach().float().cpu().numpy()
     n_layers, n_heads = scores.shape
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n_heads, 1.2 + 0.6 * n_layers))
     im = ax.imshow(scores, cmap=cmap, aspect="auto")
@@ -89,6 +89,7 @@ def plot_patching_heatmap(
         values = values[:, None]
     rows, cols = values.shape
     bound = max(float(values.abs().max()), 1e-6)
+    values = values.numpy()
     fig, ax = plt.subplots(figsize=(min(14.0, 2.0 + 0.45 * cols), 1.5 + 0.45 * rows))
     im = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
     if col_labels is not None:
@@ -111,7 +112,7 @@ def plot_logit_lens(
 ) -> Path:
     """Table of the top-1 token per (layer, position), coloured by its probability."""
     plt = _plt()
-    probs = top_probs.detach().float().cpu()
+    probs = top_probs.detach().float().cpu().numpy()
     rows, cols = probs.shape
     fig, ax = plt.subplots(figsize=(min(16.0, 2.0 + 0.9 * cols), 1.2 + 0.5 * rows))
     im = ax.imshow(probs, cmap="Greens", vmin=0.0, vmax=1.0, aspect="auto")

@@ -1,0 +1,62 @@
+"""``olmokit lens`` verbs and the PNG plots."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from olmokit.cli.main import main
+from olmokit.lens import plots
+from olmokit.zoo.registry import DEFAULT_MODEL, ZOO
+
+PNG = b"\x89PNG\r\n\x1a\n"
+needs_zoo = pytest.mark.skipif(not ZOO[DEFAULT_MODEL].available, reason="shipped zoo model not built")
+
+
+def _is_png(path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+def test_lens_help(capsys):
+    assert main(["lens"]) == 1
+    assert "induction" in capsys.readouterr().out
+
+
+def test_info_lists_hooks_and_estimate(capsys):
+    assert main(["lens", "info", "zoo:olmo3-tiny-random", "--seq-len", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.0.attn.hook_pattern" in out and "ln1_post.hook_scale" in out
+    assert "cache estimate" in out and "75 hooks" in out
+
+
+def test_induction_writes_pngs(tmp_path, capsys):
+    assert main(["lens", "induction", "zoo:olmo2-tiny-random", "--seq-len", "6", "--batch", "2", "--out", str(tmp_path)]) == 0
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert len(pngs) == 2 and all(_is_png(p) for p in pngs)
+    assert "induction score" in capsys.readouterr().out
+
+
+@needs_zoo
+def test_patch_and_logit_lens_on_zoo_model(tmp_path):
+    assert main(["lens", "patch", "--out", str(tmp_path)]) == 0
+    for name in ("resid_pre", "attn_out", "mlp_out", "heads"):
+        assert _is_png(tmp_path / f"patch_{name}.png")
+    assert main(["lens", "logit-lens", "--out", str(tmp_path)]) == 0
+    assert _is_png(tmp_path / "logit_lens.png")
+
+
+def test_patch_rejects_prompts_of_different_length(tmp_path, capsys):
+    if not ZOO[DEFAULT_MODEL].available:
+        pytest.skip("shipped zoo model not built")
+    assert main(["lens", "patch", "--clean", "a b c", "--corrupted", "a", "--out", str(tmp_path)]) == 2
+    assert "same token length" in capsys.readouterr().err
+
+
+def test_plot_functions(tmp_path):
+    p = torch.softmax(torch.randn(6, 6), -1).tril()
+    assert _is_png(plots.plot_attention_pattern(p, list("abcdef"), tmp_path / "a.png", "t"))
+    assert _is_png(plots.plot_head_scores(torch.rand(2, 4), tmp_path / "h.png"))
+    assert _is_png(plots.plot_patching_heatmap(torch.randn(2, 6), tmp_path / "p.png", col_labels=list("abcdef")))
+    assert _is_png(plots.plot_patching_heatmap(torch.randn(3), tmp_path / "q.png"))
+    top = [["x"] * 6 for _ in range(3)]
+    assert _is_png(plots.plot_logit_lens(torch.rand(3, 6), top, ["0_pre", "1_pre", "final_post"], list("abcdef"), tmp_path / "l.png"))
