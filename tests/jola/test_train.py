@@ -132,3 +132,25 @@ def test_bad_dataset_files(tmp_path, zoo_tokenizer):
     bad.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n" + "{not json\n")
     with pytest.raises(DataError, match=r"bad.jsonl:2"):
         JoLATrainer(model=m, train_dataset=str(bad), tokenizer=zoo_tokenizer)
+
+
+def test_penalty_counted_once_per_optimizer_step(tmp_path, zoo_tokenizer):
+    """With gradient accumulation and a CE already normalised over the accumulated batch, each
+    micro-batch carries penalty / accumulation_steps, so one optimizer step sees the penalty once."""
+    tr = _trainer(tmp_path, zoo_tokenizer, gradient_accumulation_steps=2)
+    model = tr.model
+    model.train()
+    batch = tr.data_collator(tr.train_dataset[:4])
+    n_items = int((batch["labels"][:, 1:] != -100).sum())
+    pen = gate_penalty(model, tr.jola_settings, tr.gate_scheduler.value).item()
+    tr.current_gradient_accumulation_steps = 2
+    torch.manual_seed(0)
+    total = tr.compute_loss(model, dict(batch), num_items_in_batch=n_items).item()
+    torch.manual_seed(0)
+    ce = model(**batch, num_items_in_batch=n_items).loss.item()
+    assert tr._loss_scaled_for_ga(n_items)
+    assert total == pytest.approx(ce + pen / 2, rel=1e-5)
+    torch.manual_seed(0)
+    total = tr.compute_loss(model, dict(batch)).item()  # not pre-scaled: Trainer divides the sum
+    torch.manual_seed(0)
+    assert total == pytest.approx(model(**batch).loss.item() + pen, rel=1e-5)
