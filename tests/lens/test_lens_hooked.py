@@ -175,9 +175,7 @@ def test_edit_hooks_change_the_run(hooked, tokens):
     # editing resid_mid propagates exactly: resid_post = edited resid_mid + mlp_out
     bump = [("blocks.0.hook_resid_mid", lambda x, hook: x * 2)]
     _, c2 = hooked.run_with_cache(tokens, fwd_hooks=bump, names_filter=no_pattern)
-    assert torch.equal(c2["resid_mid", 0], 2 * c2["resid_pre", 0] + 2 * c2["attn_out", 0]) or torch.allclose(
-        c2["resid_mid", 0], 2 * (c2["resid_pre", 0] + c2["attn_out", 0])
-    )
+    torch.testing.assert_close(c2["resid_mid", 0], 2 * (c2["resid_pre", 0] + c2["attn_out", 0]))
     assert torch.equal(c2["resid_post", 0], c2["resid_mid", 0] + c2["mlp_out", 0])
 
 

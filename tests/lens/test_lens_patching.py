@@ -43,7 +43,8 @@ def test_self_patch_of_components_is_exact(hooked, prompts):
 
 def test_patching_sweeps(hooked, prompts):
     clean, corrupted = prompts
-    clean_logits, corrupted_logits = hooked(clean), hooked(corrupted)
+    with torch.no_grad():
+        clean_logits, corrupted_logits = hooked(clean), hooked(corrupted)
     answer = int(clean_logits[0, -1].argmax())
     wrong = int(corrupted_logits[0, -1].argmax()) if int(corrupted_logits[0, -1].argmax()) != answer else (answer + 1) % 4096
     metric = patching.logit_diff_metric(answer, wrong)
