@@ -14,7 +14,14 @@ import torch
 
 from .hooked import HookedOlmo
 
-__all__ = ["ablate_heads", "head_ablation_scan", "InductionResult", "induction_score", "repeated_tokens"]
+__all__ = [
+    "ablate_heads",
+    "head_ablation_scan",
+    "InductionResult",
+    "induction_score",
+    "previous_token_score",
+    "repeated_tokens",
+]
 
 
 def _mean_z(model: HookedOlmo, tokens: torch.Tensor, layers: Iterable[int]) -> dict[int, torch.Tensor]:
@@ -89,6 +96,8 @@ class InductionResult:
     scores: torch.Tensor  #: [n_layers, n_heads] mean attention to the token after the earlier copy
     tokens: torch.Tensor  #: the repeated sequences used
     seq_len: int  #: length of the repeated half
+    previous_token: torch.Tensor | None = None  #: [n_layers, n_heads] mean attention to the previous token
+    copy_gain: float | None = None  #: mean NLL of the first copy minus the second (>0: in-context copying)
 
     def top(self, n: int = 5) -> list[tuple[int, int, float]]:
         flat = self.scores.flatten()
@@ -110,8 +119,10 @@ def induction_score(
     """
     vocab = model.adapter.vocab_size
     tokens = repeated_tokens(vocab, seq_len, batch, seed, low=4 if low is None else low).to(model._device())
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
     n_layers = model.adapter.num_layers
+    nll = -torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tokens[:, 1:, None])[..., 0]
+    copy_gain = float(nll[:, : seq_len - 1].mean() - nll[:, seq_len:].mean())
     scores = torch.stack(
         [
             # offset 1 - seq_len: query position q attends key q - seq_len + 1; keep the second copy only
@@ -119,4 +130,12 @@ def induction_score(
             for i in range(n_layers)
         ]
     )
-    return InductionResult(scores, tokens, seq_len)
+    return InductionResult(scores, tokens, seq_len, previous_token_score(cache, n_layers), copy_gain)
+
+
+def previous_token_score(cache, n_layers: int) -> torch.Tensor:
+    """``[n_layers, n_heads]`` mean attention from each position to the one before it (from a cache
+    holding the patterns). Previous-token heads are the first half of the induction circuit."""
+    return torch.stack(
+        [cache[("pattern", i)].diagonal(offset=-1, dim1=-2, dim2=-1).float().mean(dim=(0, 2)) for i in range(n_layers)]
+    )
