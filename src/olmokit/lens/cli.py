@@ -136,7 +136,7 @@ def run_induction(args: argparse.Namespace) -> int:
     print(f"a head attending uniformly to all earlier tokens scores {uniform:.3f}; "
           f"NLL drop on the repeat (in-context copying): {result.copy_gain:.3f} nats")
     out = Path(args.out)
-    name = Path(str(args.model)).name
+    name = Path(str(args.model).removeprefix("zoo:")).name.replace(":", "_")
     path = plots.plot_head_scores(result.scores, out / f"induction_{name}.png", title=f"induction scores, {name} (repeat of {args.seq_len} tokens)")
     print(f"wrote {path}")
     layer, head, _ = result.top(1)[0]
