@@ -217,12 +217,30 @@ def _register_attention_function() -> None:
 
 
 # --------------------------------------------------------------------------------------------- wiring
+class _Modules:
+    """Memoised module lookups through the family adapter (a ``get_submodule`` walk per hook per run
+    adds up); the HF module tree is not restructured while a model is wrapped."""
+
+    def __init__(self, adapter: FamilyAdapter):
+        self._adapter = adapter
+        self._memo: dict[tuple, nn.Module] = {}
+
+    def __call__(self, role: str, *args: Any) -> nn.Module:
+        key = (role, *args)
+        module = self._memo.get(key)
+        if module is None:
+            module = self._memo[key] = getattr(self._adapter, role)(*args)
+        return module
+
+
 class Wiring:
     """Connects the hook points of one model to its HF modules (see the module docstring)."""
 
     def __init__(self, model: nn.Module, adapter: FamilyAdapter, hook_points: dict[str, HookPoint]):
         _register_attention_function()
         self.model, self.adapter, self.hook_points = model, adapter, hook_points
+        self._mod = _Modules(adapter)
+        self._config_copies: dict[tuple, tuple[Any, Any]] = {}
         self._taps: dict[tuple[int, str], _Tap] = {}
         self._active: dict[str, list[Callable[[], None]]] = {}
         self._attn_sites: dict[int, dict[str, HookPoint]] = {}
@@ -283,7 +301,7 @@ class Wiring:
         self._engaged += 1
         if self._engaged == 1 and self.adapter.clip_qkv is not None:
             for i in range(self.adapter.num_layers):
-                for which, proj in (("q", self.adapter.q_proj(i)), ("k", self.adapter.k_proj(i)), ("v", self.adapter.v_proj(i))):
+                for which, proj in (("q", self._mod("q_proj", i)), ("k", self._mod("k_proj", i)), ("v", self._mod("v_proj", i))):
                     self._clip_removers.append(self._tap(proj, "post", 0, self._clamp_cb(i, which)))
                 self._refresh_attention(i)
 
@@ -309,7 +327,7 @@ class Wiring:
 
     def _refresh_attention(self, i: int) -> None:
         """Give layer ``i``'s attention module the config it needs now (or its original back)."""
-        attn = self.adapter.attention(i)
+        attn = self._mod("attention", i)
         overrides: dict[str, Any] = {}
         sites = self._attn_sites.get(i)
         if sites:
@@ -323,10 +341,15 @@ class Wiring:
             _CONTEXTS.pop(attn, None)
             return
         self._orig_configs[i] = orig
-        cfg = copy.copy(orig)
-        for key, value in overrides.items():
-            object.__setattr__(cfg, key, value)
-        attn.config = cfg
+        # One private copy per (layer, overrides), made once: copying an HF config is slow.
+        cache_key = (i, tuple(sorted(overrides.items())))
+        cached = self._config_copies.get(cache_key)
+        if cached is None or cached[0] is not orig:
+            cfg = copy.copy(orig)
+            for key, value in overrides.items():
+                object.__setattr__(cfg, key, value)
+            cached = self._config_copies[cache_key] = (orig, cfg)
+        attn.config = cached[1]
         if sites:
             base = getattr(orig, "_attn_implementation", None) or self.model.config._attn_implementation
             _CONTEXTS[attn] = _AttnContext(base or "eager", sites)
@@ -337,9 +360,9 @@ class Wiring:
     def _wire(self, hp: HookPoint) -> list[Callable[[], None]]:
         name, a = hp.name, self.adapter
         if name == "hook_embed":
-            return [self._tap(a.embed_tokens(), "post", 10, self._out_cb(hp))]
+            return [self._tap(self._mod("embed_tokens"), "post", 10, self._out_cb(hp))]
         if name.startswith("ln_final."):
-            return [self._norm_site(hp, a.final_norm(), name.endswith("hook_scale"))]
+            return [self._norm_site(hp, self._mod("final_norm"), name.endswith("hook_scale"))]
         _, layer_s, short = name.split(".", 2)
         i = int(layer_s)
         post = a.norm_placement == "post"
@@ -355,25 +378,25 @@ class Wiring:
 
             return [remove]
         if short == "hook_resid_pre":
-            return [self._tap(a.layer(i), "pre", 10, self._in_cb(hp))]
+            return [self._tap(self._mod("layer", i), "pre", 10, self._in_cb(hp))]
         if short == "hook_resid_post":
-            return [self._tap(a.layer(i), "post", 10, self._out_cb(hp))]
+            return [self._tap(self._mod("layer", i), "post", 10, self._out_cb(hp))]
         if short == "attn.hook_z":
-            return [self._tap(a.o_proj(i), "pre", 10, self._heads_in_cb(hp))]
+            return [self._tap(self._mod("o_proj", i), "pre", 10, self._heads_in_cb(hp))]
         if short == "attn.hook_raw_out":
-            return [self._tap(a.attention(i), "post", 10, self._out_cb(hp))]
+            return [self._tap(self._mod("attention", i), "post", 10, self._out_cb(hp))]
         if short == "mlp.hook_raw_out":
-            return [self._tap(a.mlp(i), "post", 10, self._out_cb(hp))]
+            return [self._tap(self._mod("mlp", i), "post", 10, self._out_cb(hp))]
         if short == "mlp.hook_pre":
-            return [self._tap(a.gate_proj(i), "post", 10, self._out_cb(hp))]
+            return [self._tap(self._mod("gate_proj", i), "post", 10, self._out_cb(hp))]
         if short == "mlp.hook_pre_linear":
-            return [self._tap(a.up_proj(i), "post", 10, self._out_cb(hp))]
+            return [self._tap(self._mod("up_proj", i), "post", 10, self._out_cb(hp))]
         if short == "mlp.hook_post":
-            return [self._tap(a.down_proj(i), "pre", 10, self._in_cb(hp))]
+            return [self._tap(self._mod("down_proj", i), "pre", 10, self._in_cb(hp))]
         if short == "hook_attn_out":
             if post:
-                return [self._tap(a.norm(i, NormSite.ATTN_OUTPUT), "post", 10, self._out_cb(hp))]
-            return [self._tap(a.attention(i), "post", 20, self._out_cb(hp))]
+                return [self._tap(self._mod("norm", i, NormSite.ATTN_OUTPUT), "post", 10, self._out_cb(hp))]
+            return [self._tap(self._mod("attention", i), "post", 20, self._out_cb(hp))]
         if short == "hook_mlp_out":
             return [self._tap(self._mlp_out_module(i), "post", 10 if post else 20, self._out_cb(hp))]
         if short == "hook_resid_mid":
@@ -386,12 +409,12 @@ class Wiring:
         }
         ln, _, leaf = short.partition(".")
         if ln in norm_sites:
-            return [self._norm_site(hp, a.norm(i, norm_sites[ln]), leaf == "hook_scale")]
+            return [self._norm_site(hp, self._mod("norm", i, norm_sites[ln]), leaf == "hook_scale")]
         raise OlmokitError(f"lens: no site for hook {name!r}")  # pragma: no cover
 
     def _mlp_out_module(self, i: int) -> nn.Module:
         a = self.adapter
-        return a.norm(i, NormSite.MLP_OUTPUT) if a.norm_placement == "post" else a.mlp(i)
+        return self._mod("norm", i, NormSite.MLP_OUTPUT) if a.norm_placement == "post" else self._mod("mlp", i)
 
     @staticmethod
     def _out_cb(hp: HookPoint) -> Callable:
@@ -441,7 +464,7 @@ class Wiring:
 
     def _resid_mid_site(self, hp: HookPoint, i: int) -> list[Callable[[], None]]:
         a = self.adapter
-        mid_module = a.mlp(i) if a.norm_placement == "post" else a.norm(i, NormSite.MLP_INPUT)
+        mid_module = self._mod("mlp", i) if a.norm_placement == "post" else self._mod("norm", i, NormSite.MLP_INPUT)
         state = self._mid_state
 
         def on_input(args, kwargs):
@@ -466,5 +489,5 @@ class Wiring:
         return [
             self._tap(mid_module, "pre", 10, on_input),
             self._tap(self._mlp_out_module(i), "post", 90, record_mlp_out),
-            self._tap(a.layer(i), "post", 0, rebuild_block_out),
+            self._tap(self._mod("layer", i), "post", 0, rebuild_block_out),
         ]
