@@ -12,6 +12,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 #: configs/<tool>/ -> the config class its files must validate against
 CONFIG_CLASSES = {
     "zoo": "olmokit.zoo.build:ZooBuildConfig",
+    "jola": "olmokit.jola.config:JoLAConfig",
 }
 
 

@@ -137,6 +137,7 @@ def build_zoo_model(
         "resumed_from": result["resumed_from"],
     }
     model.to(save_dtype)
+    model.config.use_cache = True  # Trainer switches it off for training; generation wants it on
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     with atomic_directory(out_dir) as tmp:
