@@ -143,7 +143,8 @@ def run_induction(args: argparse.Namespace) -> int:
     _, cache = model.run_with_cache(result.tokens[:1], names_filter=f"blocks.{layer}.attn.hook_pattern")
     path = plots.plot_attention_pattern(
         cache[("pattern", layer)][0, head], None, out / f"pattern_{name}_L{layer}H{head}.png",
-        title=f"L{layer}H{head} on a repeated random sequence (induction stripe)",
+        title=f"L{layer}H{head} (top induction score) on a repeated random sequence",
+        mark_offset=1 - args.seq_len,
     )
     print(f"wrote {path}")
     return 0

@@ -35,15 +35,27 @@ def _short(tokens: Sequence[str], width: int = 8) -> list[str]:
 
 
 def plot_attention_pattern(
-    pattern: torch.Tensor, str_tokens: Sequence[str] | None, path: str | os.PathLike[str], title: str = ""
+    pattern: torch.Tensor,
+    str_tokens: Sequence[str] | None,
+    path: str | os.PathLike[str],
+    title: str = "",
+    mark_offset: int | None = None,
 ) -> Path:
-    """Heatmap of one head's ``[query, key]`` pattern (masked entries are exactly 0)."""
+    """Heatmap of one head's ``[query, key]`` pattern (masked entries are exactly 0).
+
+    ``mark_offset`` draws a dashed line on the diagonal ``key = query + mark_offset`` (for an induction
+    check on a sequence repeated after ``n`` tokens: ``1 - n``, where an induction head's stripe sits).
+    """
     plt = _plt()
     pattern = pattern.detach().float().cpu().numpy()
     n = pattern.shape[-1]
-    size = min(12.0, 2.5 + 0.18 * n)
-    fig, ax = plt.subplots(figsize=(size, size))
+    size = min(8.0, 2.5 + 0.15 * n)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
     im = ax.imshow(pattern, cmap="Blues", vmin=0.0, vmax=1.0)
+    if mark_offset is not None:
+        q0 = max(0, -mark_offset)
+        ax.plot([q0 + mark_offset, n - 1 + mark_offset], [q0, n - 1], "r--", linewidth=0.8, label="induction stripe")
+        ax.legend(loc="upper right", fontsize=7)
     if str_tokens is not None and n <= 64:
         labels = _short(str_tokens)
         ax.set_xticks(range(n), labels, rotation=90, fontsize=6)
