@@ -12,7 +12,7 @@ def _model():
     m = random_model("olmo3", "tiny", seed=0)  # 4 layers x 4 heads
     attach_jola(m)
     with torch.no_grad():
-        for i, e in jola_edits(m).items():
+        for e in jola_edits(m).values():
             e.log_g1.fill_(-5.0)
             e.log_g2.fill_(-5.0)
         jola_edits(m)[1].log_g1[2] = 5.0  # one additive gate open: layer 1, head 2

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.collate import PaddingCollator
-from ..data.formatting import IGNORE_INDEX, encode_record, record_segments
+from ..data.formatting import IGNORE_INDEX, Example, encode_record, record_segments
 from ..data.tasks import MultipleChoiceExample
 
 __all__ = ["mc_accuracy", "exact_match", "evaluate_examples", "choice_logprobs"]
@@ -28,6 +28,14 @@ __all__ = ["mc_accuracy", "exact_match", "evaluate_examples", "choice_logprobs"]
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _split_prompt(example: Example) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) of an encoded record whose target is one trailing span."""
+    first = next(i for i, lab in enumerate(example.labels) if lab != IGNORE_INDEX)
+    if any(lab == IGNORE_INDEX for lab in example.labels[first:]):
+        raise ValueError("target is not one trailing span")
+    return example.input_ids[:first], example.input_ids[first:]
 
 
 @torch.no_grad()
@@ -38,8 +46,91 @@ def choice_logprobs(
     batch_size: int = 16,
     max_length: int | None = None,
     progress: bool = False,
+    share_prompt: bool = True,
 ) -> list[list[float]]:
-    """Summed log-probability of each choice's target tokens, per example."""
+    """Summed log-probability of each choice's target tokens, per example.
+
+    With ``share_prompt`` (default) each prompt is run once and its KV cache is repeated for the
+    choices, which only run their few target tokens — about 3x less compute for 4 short choices; the
+    result equals full-sequence scoring up to float rounding (tested). Examples whose choices do not
+    share one prompt/target split fall back to full sequences.
+    """
+    if share_prompt and max_length is None:
+        try:
+            return _choice_logprobs_shared(model, tokenizer, examples, batch_size, progress)
+        except ValueError:
+            pass
+    return _choice_logprobs_full(model, tokenizer, examples, batch_size, max_length, progress)
+
+
+def _choice_logprobs_shared(
+    model: nn.Module, tokenizer: Any, examples: Sequence[MultipleChoiceExample], batch_size: int, progress: bool
+) -> list[list[float]]:
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    items = []
+    for ex in examples:
+        parts = [_split_prompt(encode_record(ex.record(c), tokenizer)) for c in range(len(ex.choices))]
+        if any(p != parts[0][0] for p, _ in parts):
+            raise ValueError("choices do not share a prompt")
+        items.append((parts[0][0], [t for _, t in parts]))
+    # examples per batch so that rows (examples x choices) stay near batch_size
+    per = max(1, batch_size // max(len(ex.choices) for ex in examples))
+    order = sorted(range(len(items)), key=lambda k: -len(items[k][0]))
+    scores: list[list[float]] = [[] for _ in examples]
+    bar = tqdm(range(0, len(order), per), desc="scoring choices", disable=not progress, leave=False)
+    for start in bar:
+        idx = order[start : start + per]
+        prompts = [items[k][0] for k in idx]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding: every prompt ends at the last column
+            ids[r, width - len(p) :] = torch.as_tensor(p)
+            mask[r, width - len(p) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        first_logp = torch.log_softmax(out.logits[:, -1].float(), -1)  # predicts each target's 1st token
+        n_choices = [len(items[k][1]) for k in idx]
+        rows = [(r, t) for r, k in enumerate(idx) for t in items[k][1]]
+        cache = out.past_key_values
+        sel = torch.as_tensor([r for r, _ in rows], device=device)
+        if len(set(n_choices)) == 1 and hasattr(cache, "batch_repeat_interleave"):
+            cache.batch_repeat_interleave(n_choices[0])
+        else:
+            for layer in cache.layers:
+                layer.batch_select_indices(sel)
+        tw = max(len(t) for _, t in rows)
+        tids = torch.full((len(rows), tw), tokenizer.pad_token_id, dtype=torch.long, device=device)
+        tmask = torch.zeros((len(rows), tw), dtype=torch.long, device=device)
+        for j, (_, t) in enumerate(rows):
+            tids[j, : len(t)] = torch.as_tensor(t)
+            tmask[j, : len(t)] = 1
+        full_mask = torch.cat([mask[sel], tmask], -1)
+        tpos = mask.sum(-1)[sel, None] + torch.arange(tw, device=device)[None]
+        logits = model(input_ids=tids, attention_mask=full_mask, position_ids=tpos, past_key_values=cache).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        for j, (r, t) in enumerate(rows):
+            total = first_logp[r, t[0]]
+            if len(t) > 1:
+                total = total + logp[j, torch.arange(len(t) - 1), torch.as_tensor(t[1:], device=device)].sum()
+            scores[idx[r]].append(float(total))
+    model.train(was_training)
+    return scores
+
+
+@torch.no_grad()
+def _choice_logprobs_full(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[MultipleChoiceExample],
+    batch_size: int = 16,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> list[list[float]]:
+    """Reference scorer: every (prompt + choice) as its own full sequence."""
     was_training = model.training
     model.eval()
     device = _device(model)
@@ -49,10 +140,14 @@ def choice_logprobs(
         for k, ex in enumerate(examples)
         for c in range(len(ex.choices))
     ]
-    scores: list[list[float]] = [[] for _ in examples]
+    choice_of = [c for ex in examples for c in range(len(ex.choices))]
+    # Longest first, so batches hold similar lengths (little padding) and memory peaks at once.
+    order = sorted(range(len(flat)), key=lambda j: -len(flat[j][1]))
+    scores: list[dict[int, float]] = [{} for _ in examples]
     bar = tqdm(range(0, len(flat), batch_size), desc="scoring choices", disable=not progress, leave=False)
     for start in bar:
-        chunk = flat[start : start + batch_size]
+        idx = order[start : start + batch_size]
+        chunk = [flat[j] for j in idx]
         batch = collate([e for _, e in chunk])
         ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
@@ -61,10 +156,10 @@ def choice_logprobs(
         keep = target != IGNORE_INDEX
         tok = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         sums = (tok * keep).sum(-1)
-        for (k, _), s in zip(chunk, sums.tolist()):
-            scores[k].append(s)
+        for j, s in zip(idx, sums.tolist()):
+            scores[flat[j][0]][choice_of[j]] = s
     model.train(was_training)
-    return scores
+    return [[d[c] for c in range(len(d))] for d in scores]
 
 
 def mc_accuracy(
