@@ -17,3 +17,13 @@ def hooked(tiny_model) -> HookedOlmo:
 def tokens() -> torch.Tensor:
     # 20 tokens: longer than OLMo-3 tiny's sliding window (8), so the window mask matters.
     return torch.randint(4, 4096, (2, 20), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread, and a second OpenMP thread spinning against other busy
+    processes made a 4-token forward ~80x slower on the shared CI box. Restored after each test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -38,7 +38,8 @@ def test_induction_writes_pngs(tmp_path, capsys):
 
 @needs_zoo
 def test_patch_and_logit_lens_on_zoo_model(tmp_path):
-    assert main(["lens", "patch", "--out", str(tmp_path)]) == 0
+    short = ["--clean", "def __init__(self", "--corrupted", "def __repr__(self"]  # 4 tokens: fast
+    assert main(["lens", "patch", *short, "--out", str(tmp_path)]) == 0
     for name in ("resid_pre", "attn_out", "mlp_out", "heads"):
         assert _is_png(tmp_path / f"patch_{name}.png")
     assert main(["lens", "logit-lens", "--out", str(tmp_path)]) == 0

@@ -13,8 +13,9 @@ from ..cli.common import add_model_args, add_tool_parser, print_json, print_tabl
 
 __all__ = ["register"]
 
-DEFAULT_CLEAN = "import os\nimport sys\nprint(os"
-DEFAULT_CORRUPTED = "import os\nimport sys\nprint(sys"
+# __init__ takes arguments, __repr__ only self: the zoo model predicts "," vs "):" after "self".
+DEFAULT_CLEAN = "class Point:\n    def __init__(self"
+DEFAULT_CORRUPTED = "class Point:\n    def __repr__(self"
 
 
 def register(subparsers: Any) -> None:
