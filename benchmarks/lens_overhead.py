@@ -10,7 +10,7 @@ CPU. Methods:
 * ``hf``: ``model(input_ids, use_cache=False)`` on the HF model as loaded (SDPA);
 * ``lens_nohook``: ``HookedOlmo(model)(tokens)`` with no hooks;
 * ``lens_cache``: ``HookedOlmo.run_with_cache`` of every hook point (patterns included, so eager math in
-  every layer);
+  every layer); ``lens_cache_nopattern``: every hook but scores/patterns (SDPA kept);
 * ``tl_fwd`` / ``tl_cache``: TransformerLens 4.x ``TransformerBridge`` forward / ``run_with_cache`` (all
   hooks) on its own copy of the model (the bridge rewires the model it boots from; it forces eager);
 * ``nnsight_cache``: ``NNsight(model).trace`` with ``tracer.cache()`` of every module output.
@@ -73,6 +73,10 @@ def _tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")), eos_token="t0")
 
 
+def _no_pattern(name: str) -> bool:
+    return not name.endswith(("hook_pattern", "hook_attn_scores"))
+
+
 def make_methods(factory, tokens, tmp_dir):
     hf = factory()
     hooked = HookedOlmo(factory())
@@ -80,6 +84,8 @@ def make_methods(factory, tokens, tmp_dir):
         "hf": lambda: hf(input_ids=tokens, use_cache=False).logits,
         "lens_nohook": lambda: hooked(tokens),
         "lens_cache": lambda: hooked.run_with_cache(tokens)[1],
+        # every hook except scores/patterns: all layers keep SDPA (closest to nnsight's module cache)
+        "lens_cache_nopattern": lambda: hooked.run_with_cache(tokens, names_filter=_no_pattern)[1],
     }
     peers = {}
     try:
@@ -142,8 +148,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--rounds-small", type=int, default=15)
-    p.add_argument("--rounds-large", type=int, default=5)
+    p.add_argument("--rounds-small", type=int, default=30)
+    p.add_argument("--rounds-large", type=int, default=9)
     p.add_argument("--large-layers", type=int, default=14, help="layers of the ~100M random OLMo-2 (14 → ~105M)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a shared CPU)")
     p.add_argument("--no-zoo", action="store_true")
