@@ -141,6 +141,7 @@ def train_jola(config: JoLAConfig, progress: bool = True, evaluate: bool = True)
     summary: dict[str, Any] = {
         "train_loss": result.training_loss,
         "global_step": result.global_step,
+        "world_size": args.world_size,
         "best": trainer.best,
         "jola_parameters": num_jola_parameters(model),
         "output_dir": str(out),
