@@ -108,7 +108,12 @@ class GateReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(2 + 0.5 * self.num_heads * 2, 1.5 + 0.4 * len(self.layers)))
+        fig, axes = plt.subplots(
+            1,
+            2,
+            figsize=(2.5 + 0.45 * self.num_heads * 2, 2.2 + 0.35 * len(self.layers)),
+            constrained_layout=True,
+        )
         for ax, g, name in ((axes[0], self.g1, "additive g1 (v)"), (axes[1], self.g2, "multiplicative g2 (A)")):
             im = ax.imshow(g.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
             ax.set_title(name)
