@@ -154,3 +154,12 @@ def test_penalty_counted_once_per_optimizer_step(tmp_path, zoo_tokenizer):
     total = tr.compute_loss(model, dict(batch)).item()  # not pre-scaled: Trainer divides the sum
     torch.manual_seed(0)
     assert total == pytest.approx(model(**batch).loss.item() + pen, rel=1e-5)
+
+
+def test_seed_style_scheduler_argument(zoo_tokenizer):
+    m = random_model("olmo2", "tiny", seed=0)
+    attach_jola(m)
+    tr = JoLATrainer(model=m, train_dataset=_records(4), tokenizer=zoo_tokenizer, gate_scheduler="linear")
+    assert tr.gate_scheduler.name == "linear" and tr.processing_class is zoo_tokenizer
+    assert JoLATrainer(model=m, tokenizer=zoo_tokenizer).gate_scheduler.name == "expon"  # the model's setting
+    assert JoLATrainer(model=m, gate_scheduler=None).gate_scheduler.name == "constant"
