@@ -64,8 +64,14 @@ def test_parameter_count_and_freezing(tiny_model):
 
 def test_13b_count_from_config():
     """The seed's 1,040,000 is wrong: OLMo-2-13B has 40 layers x 40 heads x 128 -> 412,800."""
-    L, H, d = 40, 40, 128
-    assert L * H * (2 * d + 2) == 412_800
+    from transformers import Olmo2Config
+
+    from olmokit.jola import jola_parameter_count
+
+    cfg = Olmo2Config(hidden_size=5120, num_attention_heads=40, num_key_value_heads=40, num_hidden_layers=40,
+                      intermediate_size=13824, vocab_size=100352, max_position_embeddings=32768)
+    assert jola_parameter_count(cfg) == 412_800
+    assert jola_parameter_count(cfg, applied_layers=[0, 1]) == 2 * 40 * 258
 
 
 def test_applied_layers_subset(tiny_model):

@@ -39,6 +39,7 @@ __all__ = [
     "get_jola_state",
     "has_jola",
     "jola_edits",
+    "jola_parameter_count",
     "jola_parameters",
     "jola_state_dict",
     "load_jola_state_dict",
@@ -186,6 +187,14 @@ def jola_parameters(model: nn.Module) -> list[nn.Parameter]:
 def num_jola_parameters(model: nn.Module) -> int:
     """Always L·H·(2·head_dim + 2) for L edited layers."""
     return sum(p.numel() for p in jola_parameters(model))
+
+
+def jola_parameter_count(model_or_config: Any, applied_layers: list[int] | None = None) -> int:
+    """L·H·(2·head_dim + 2) from a model *or just its config* (no weights needed), e.g. 412,800 for
+    OLMo-2-13B (40 layers × 40 heads × 128)."""
+    adapter = get_adapter(model_or_config, check_version=False)
+    layers = _resolve_layers(adapter, applied_layers)
+    return len(layers) * adapter.num_heads * (2 * adapter.head_dim + 2)
 
 
 def unfreeze_jola_params(model: nn.Module) -> nn.Module:
