@@ -147,8 +147,8 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
-    if not Path(name).exists() and is_zoo_name(name):
-        source = str(shipped_path(DEFAULT_MODEL))
+    if not Path(name).exists() and is_zoo_name(name) and zoo_entry(name).kind == "random":
+        source = str(shipped_path(DEFAULT_MODEL))  # random zoo models share the default's tokenizer
     else:
         source = _source(name)
     try:

@@ -91,7 +91,6 @@ def run_build(args: argparse.Namespace) -> int:
     else:
         cfg = ZooBuildConfig.from_dict({}).merge(args.overrides)
     out = Path(args.out or Path("zoo-build") / cfg.name)
-    cfg.to_yaml(out.parent / f"{out.name}.build.yaml")
     build_zoo_model(cfg, out, args.work_dir)
     print(f"wrote {out}")
     return 0

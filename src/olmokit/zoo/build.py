@@ -144,7 +144,8 @@ def build_zoo_model(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(render_model_card(report), encoding="utf-8")
-        atomic_write_json(tmp / "build_report.json", {k: v for k, v in report.items()})
+        atomic_write_json(tmp / "build_report.json", report)
+        cfg.to_yaml(tmp / "build_config.yaml")  # `olmokit zoo build --config` this file to reproduce
     log(
         json.dumps(
             {k: report[k] for k in ("heldout_loss", "unigram_heldout_loss", "total_wall_seconds")}

@@ -2,6 +2,8 @@
 
 * ``olmo2-stdlib`` — the shipped default: a small OLMo-2 genuinely pretrained on text that ships with
   CPython (``olmokit zoo build`` reproduces it). Weights and tokenizer live inside the package.
+* ``olmo-stdlib-tiny``, ``olmo3-stdlib-tiny`` — tiny OLMo v1 / OLMo-3 models trained by the same
+  recipe, so tests of every generation can use trained weights.
 * ``olmo-tiny-random``, ``olmo2-tiny-random``, ``olmo3-tiny-random`` — seeded random-init models of each
   generation (GQA; OLMo-3 with sliding-window layers), sharing the shipped tokenizer. For tests.
 """
@@ -53,6 +55,20 @@ ZOO: dict[str, ZooEntry] = {
             "olmo2",
             "shipped",
             "OLMo-2, ~5M params, pretrained on CPython's docs, docstrings and stdlib sources",
+        ),
+        ZooEntry(
+            "olmo-stdlib-tiny",
+            "olmo",
+            "shipped",
+            "OLMo v1, ~0.6M params, GQA 4/2, trained like olmo2-stdlib (800 steps)",
+            "tiny",
+        ),
+        ZooEntry(
+            "olmo3-stdlib-tiny",
+            "olmo3",
+            "shipped",
+            "OLMo-3, ~0.7M params, GQA 4/2, window 8 on 3 of 4 layers, trained (800 steps)",
+            "tiny",
         ),
         ZooEntry("olmo-tiny-random", "olmo", "random", "OLMo v1, random init, GQA 4/2", "tiny"),
         ZooEntry("olmo2-tiny-random", "olmo2", "random", "OLMo-2, random init, GQA 4/2", "tiny"),
