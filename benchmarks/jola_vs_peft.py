@@ -5,8 +5,10 @@ its held-out split for testing), same number of optimizer steps and batch size f
 
 Reported per method:
 * trainable parameters;
-* step time (forward + loss + backward + optimizer step) as a ratio to IA3, measured in this process
-  in interleaved rounds so that machine load affects every method alike;
+* step time (forward + loss + backward + optimizer step) as a ratio to IA3: the median over rounds in
+  which every method runs in a fresh child process, in rotating order, so machine load and allocator
+  state affect all alike (timing all models inside one long-lived process gave order-dependent
+  outliers on CPU);
 * peak memory of training (CUDA: ``max_memory_allocated``; CPU: peak RSS growth of a fresh child
   process during training — includes allocator caching, so read it as a rough figure);
 * held-out log-likelihood multiple-choice accuracy, mean ± std over 3 seeds.
@@ -89,40 +91,47 @@ def _batches(train, bs: int, n: int):
     return [collate(train[(i * bs) % len(train) : (i * bs) % len(train) + bs]) for i in range(n)]
 
 
-def time_steps(steps: int, rounds: int, bs: int, train, device: str) -> dict[str, float]:
-    """Median seconds per optimizer step, interleaving the methods round by round."""
-    setups = {}
-    for m in METHODS:
-        model, _ = build(m, 0, device)
-        model.train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR[m])
-        setups[m] = (model, opt)
-    batches = [{k: v.to(device) for k, v in b.items()} for b in _batches(train, bs, steps)]
+def time_child(method: str, steps: int, bs: int, device: str) -> float:
+    """Median seconds per optimizer step of one method, in a fresh process (no cross-model effects)."""
+    tok = load_tokenizer()
+    train, _ = data(tok, 200)
+    model, _ = build(method, 0, device)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR[method])
+    batches = [{k: v.to(device) for k, v in b.items()} for b in _batches(train, bs, steps + 3)]
     settings = JoLASettings()
-
-    def one_step(m: str, batch) -> None:
-        model, opt = setups[m]
+    times = []
+    for i, batch in enumerate(batches):
+        _sync(device)
+        t0 = time.perf_counter()
         loss = model(**batch).loss
-        if m == "jola":
+        if method == "jola":
             loss = loss + gate_penalty(model, settings, 0.1)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= 3:  # warm-up
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
+
+def time_steps(steps: int, rounds: int, bs: int, device: str) -> dict[str, float]:
+    """Median step time per method over ``rounds`` rounds; each round runs every method in a fresh
+    child process, in rotating order, so machine load and allocator state affect all alike."""
     times: dict[str, list[float]] = {m: [] for m in METHODS}
-    for m in METHODS:  # warm-up
-        for b in batches[:3]:
-            one_step(m, b)
     for r in range(rounds):
-        order = METHODS[r % 3 :] + METHODS[: r % 3]
-        for m in order:
-            _sync(device)
-            t0 = time.perf_counter()
-            for b in batches:
-                one_step(m, b)
-            _sync(device)
-            times[m].append((time.perf_counter() - t0) / len(batches))
+        for m in METHODS[r % 3 :] + METHODS[: r % 3]:
+            times[m].append(_child("--time-child", m, bs, device, steps))
     return {m: statistics.median(v) for m, v in times.items()}
+
+
+def _child(flag: str, method: str, bs: int, device: str, steps: int) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, flag, method, "--bs", str(bs), "--device", device, "--timing-steps", str(steps)],
+        capture_output=True, text=True, check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def _sync(device: str) -> None:
@@ -167,11 +176,7 @@ def memory_child(method: str, steps: int, bs: int, device: str) -> float:
 def peak_memory(method: str, steps: int, bs: int, device: str) -> float:
     if device.startswith("cuda"):
         return memory_child(method, steps, bs, device)
-    out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", method, "--bs", str(bs), "--device", device],
-        capture_output=True, text=True, check=True,
-    )
-    return float(out.stdout.strip().splitlines()[-1])
+    return _child("--memory-child", method, bs, device, steps)
 
 
 def loop_vs_vectorised(heads: int = 32, head_dim: int = 64, tokens: int = 8 * 64, reps: int = 30, device: str = "cpu") -> dict[str, float]:
@@ -201,12 +206,16 @@ def main() -> None:
     ap.add_argument("--bs", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--timing-steps", type=int, default=10)
-    ap.add_argument("--timing-rounds", type=int, default=6)
+    ap.add_argument("--timing-rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    ap.add_argument("--time-child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.memory_child:
-        print(memory_child(a.memory_child, 10, a.bs, a.device))
+        print(memory_child(a.memory_child, a.timing_steps, a.bs, a.device))
+        return
+    if a.time_child:
+        print(time_child(a.time_child, a.timing_steps, a.bs, a.device))
         return
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -222,7 +231,7 @@ def main() -> None:
             r = train_and_eval(m, seed, a.steps, a.bs, tok, train, heldout, a.device)
             runs[m].append(r)
             print(f"# seed {seed} {m}: acc {r['acc']:.3f}", file=sys.stderr, flush=True)
-    step = time_steps(a.timing_steps, a.timing_rounds, a.bs, train, a.device)
+    step = time_steps(a.timing_steps, a.timing_rounds, a.bs, a.device)
     mem = {m: peak_memory(m, 10, a.bs, a.device) for m in METHODS}
     loops = [loop_vs_vectorised(16, 64, device=a.device), loop_vs_vectorised(32, 128, device=a.device)]
 
