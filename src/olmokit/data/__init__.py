@@ -10,7 +10,14 @@ from .formatting import (
     record_segments,
 )
 from .readers import RECORD_KINDS, Record, read_records
-from .tasks import TASKS, MultipleChoiceExample, Task, get_task, mc_examples_from_records, stdlib_module_task
+from .tasks import (
+    TASKS,
+    MultipleChoiceExample,
+    Task,
+    get_task,
+    mc_examples_from_records,
+    stdlib_module_task,
+)
 
 __all__ = [
     "CHATML_TEMPLATE",
