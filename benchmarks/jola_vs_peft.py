@@ -5,10 +5,9 @@ its held-out split for testing), same number of optimizer steps and batch size f
 
 Reported per method:
 * trainable parameters;
-* step time (forward + loss + backward + optimizer step) as a ratio to IA3: the median over rounds in
-  which every method runs in a fresh child process, in rotating order, so machine load and allocator
-  state affect all alike (timing all models inside one long-lived process gave order-dependent
-  outliers on CPU);
+* step time (forward + loss + backward + optimizer step) as a ratio to IA3: medians over steps of the
+  three models interleaved one step at a time in shuffled order, so load bursts on a shared machine
+  hit every method alike;
 * peak memory of training (CUDA: ``max_memory_allocated``; CPU: peak RSS growth of a fresh child
   process during training — includes allocator caching, so read it as a rough figure);
 * held-out log-likelihood multiple-choice accuracy, mean ± std over 3 seeds.
@@ -91,38 +90,43 @@ def _batches(train, bs: int, n: int):
     return [collate(train[(i * bs) % len(train) : (i * bs) % len(train) + bs]) for i in range(n)]
 
 
-def time_child(method: str, steps: int, bs: int, device: str) -> float:
-    """Median seconds per optimizer step of one method, in a fresh process (no cross-model effects)."""
+def time_steps(steps: int, bs: int, device: str) -> dict[str, float]:
+    """Median seconds per optimizer step (forward, loss, backward, AdamW step) for each method.
+
+    All three models live in this process and their steps are interleaved one by one in a shuffled
+    order, so bursts of machine load (this runs on a shared 2-core box) hit every method alike;
+    timing blocks of steps per method, or per child process, gave outliers of up to 2x.
+    """
+    import random
+
+    setups = {}
+    for m in METHODS:
+        model, _ = build(m, 0, device)
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR[m])
+        setups[m] = (model, opt)
     tok = load_tokenizer()
     train, _ = data(tok, 200)
-    model, _ = build(method, 0, device)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR[method])
     batches = [{k: v.to(device) for k, v in b.items()} for b in _batches(train, bs, steps + 3)]
     settings = JoLASettings()
-    times = []
-    for i, batch in enumerate(batches):
-        _sync(device)
-        t0 = time.perf_counter()
-        loss = model(**batch).loss
-        if method == "jola":
-            loss = loss + gate_penalty(model, settings, 0.1)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        if i >= 3:  # warm-up
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def time_steps(steps: int, rounds: int, bs: int, device: str) -> dict[str, float]:
-    """Median step time per method over ``rounds`` rounds; each round runs every method in a fresh
-    child process, in rotating order, so machine load and allocator state affect all alike."""
     times: dict[str, list[float]] = {m: [] for m in METHODS}
-    for r in range(rounds):
-        for m in METHODS[r % 3 :] + METHODS[: r % 3]:
-            times[m].append(_child("--time-child", m, bs, device, steps))
+    rng = random.Random(0)
+    for i, batch in enumerate(batches):
+        order = list(METHODS)
+        rng.shuffle(order)
+        for m in order:
+            model, opt = setups[m]
+            _sync(device)
+            t0 = time.perf_counter()
+            loss = model(**batch).loss
+            if m == "jola":
+                loss = loss + gate_penalty(model, settings, 0.1)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            if i >= 3:  # warm-up
+                times[m].append(time.perf_counter() - t0)
     return {m: statistics.median(v) for m, v in times.items()}
 
 
@@ -205,17 +209,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150, help="optimizer steps per training run")
     ap.add_argument("--bs", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--timing-steps", type=int, default=10)
-    ap.add_argument("--timing-rounds", type=int, default=3)
+    ap.add_argument("--timing-steps", type=int, default=40, help="interleaved timed steps per method")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
-    ap.add_argument("--time-child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.memory_child:
-        print(memory_child(a.memory_child, a.timing_steps, a.bs, a.device))
-        return
-    if a.time_child:
-        print(time_child(a.time_child, a.timing_steps, a.bs, a.device))
+        print(memory_child(a.memory_child, 10, a.bs, a.device))
         return
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -231,7 +230,7 @@ def main() -> None:
             r = train_and_eval(m, seed, a.steps, a.bs, tok, train, heldout, a.device)
             runs[m].append(r)
             print(f"# seed {seed} {m}: acc {r['acc']:.3f}", file=sys.stderr, flush=True)
-    step = time_steps(a.timing_steps, a.timing_rounds, a.bs, a.device)
+    step = time_steps(a.timing_steps, a.bs, a.device)
     mem = {m: peak_memory(m, 10, a.bs, a.device) for m in METHODS}
     loops = [loop_vs_vectorised(16, 64, device=a.device), loop_vs_vectorised(32, 128, device=a.device)]
 

@@ -49,8 +49,8 @@ def sample_gate(log_alpha: torch.Tensor, hc: HardConcrete, generator=None) -> to
     reference); gradient checkpointing replays the RNG state, so a recomputed forward draws the same u.
     """
     u = torch.rand(log_alpha.shape, device=log_alpha.device, dtype=torch.float32, generator=generator)
-    u = u.clamp(hc.eps, 1.0 - hc.eps)
-    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / hc.temperature)
+    # logit(u) with u clamped to [eps, 1 - eps] is log u − log(1−u), in one kernel
+    s = torch.sigmoid((torch.logit(u, eps=hc.eps) + log_alpha) / hc.temperature)
     return (s * (hc.high - hc.low) + hc.low).clamp(0.0, 1.0)
 
 
@@ -110,8 +110,9 @@ class JoLAEdit(nn.Module):
     def gates(self, training: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(g1, g2)``, each [H]: sampled when training, else deterministic per ``gate_mode``."""
         training = self.training if training is None else training
-        if training:
-            return sample_gate(self.log_g1, self.hc), sample_gate(self.log_g2, self.hc)
+        if training:  # both gate kinds in one set of kernels (this runs on every forward pass)
+            g = sample_gate(torch.stack((self.log_g1, self.log_g2)), self.hc)
+            return g[0], g[1]
         if self.gate_mode == "hard":
             return (
                 hard_gate(self.log_g1, self.hc, self.hard_threshold),

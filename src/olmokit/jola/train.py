@@ -51,8 +51,9 @@ def gate_penalty(model: nn.Module, settings: JoLASettings, s_t: float) -> torch.
     """The penalty for scheduler value ``s_t`` (see :mod:`olmokit.jola.schedulers` for the formulas)."""
     edits = list(jola_edits(model).values())
     hc = edits[0].hc
-    p1 = torch.stack([prob_open(e.log_g1, hc) for e in edits])  # [L, H]
-    p2 = torch.stack([prob_open(e.log_g2, hc) for e in edits])
+    # one sigmoid over all [2, L, H] log-alphas (this runs on every training step)
+    p = prob_open(torch.stack([torch.stack((e.log_g1, e.log_g2)) for e in edits], 1), hc)
+    p1, p2 = p[0], p[1]  # [L, H] each
     if settings.penalty == "mixing":
         n = p1.numel()  # L*H; the reference divides per-layer head means by L*H again
         return s_t * p1.mean(-1).sum() / n + (1.0 - s_t) * p2.mean(-1).sum() / n
