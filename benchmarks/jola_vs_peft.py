@@ -14,7 +14,7 @@ Reported per method:
 Also: the vectorised JoLA edit vs the reference's per-head Python loop at 16+ heads.
 
 Needs ``pip install peft`` (the ``[bench]`` extra). Run: ``python benchmarks/jola_vs_peft.py``
-(about 5-10 minutes on 2 CPU cores). Prints a markdown table; the last line is ``RESULT {json}``.
+(about 9 minutes on 2 CPU cores). Prints a markdown table; the last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def loop_vs_vectorised(heads: int = 32, head_dim: int = 64, tokens: int = 8 * 64
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=150, help="optimizer steps per training run")
+    ap.add_argument("--steps", type=int, default=80, help="optimizer steps per training run")
     ap.add_argument("--bs", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--timing-steps", type=int, default=40, help="interleaved timed steps per method")
