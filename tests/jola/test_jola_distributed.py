@@ -1,6 +1,6 @@
 """Two-process DDP training on CPU through `accelerate launch` (opt-in: ~40 s on 2 cores).
 
-Run with ``OLMOKIT_DDP_TEST=1 pytest tests/jola/test_distributed.py``; the command is the one
+Run with ``OLMOKIT_DDP_TEST=1 pytest tests/jola/test_jola_distributed.py``; the command is the one
 documented in docs/jola.md.
 """
 
