@@ -33,6 +33,7 @@ import torch
 from olmokit.data.collate import PaddingCollator
 from olmokit.data.formatting import encode_records
 from olmokit.data.tasks import get_task
+from olmokit.family import get_adapter
 from olmokit.jola import JoLASettings, JoLATrainer, attach_jola, gate_penalty, num_jola_parameters
 from olmokit.jola.evaluate import mc_accuracy
 from olmokit.jola.layer import HardConcrete, JoLAEdit
@@ -52,10 +53,14 @@ def build(method: str, seed: int, device: str):
         return model, num_jola_parameters(model)
     from peft import IA3Config, LoraConfig, get_peft_model
 
+    # PEFT has no OLMo-2 defaults; the module names come from the family adapter.
+    spec = get_adapter(model).spec
+    q, k, v = (spec.attn_projections[x] for x in "qkv")
+    down = spec.mlp_projections["down"]
     if method == "lora":
-        cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+        cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[q, v], task_type="CAUSAL_LM")
     elif method == "ia3":
-        cfg = IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"], task_type="CAUSAL_LM")
+        cfg = IA3Config(target_modules=[k, v, down], feedforward_modules=[down], task_type="CAUSAL_LM")
     else:
         raise ValueError(method)
     model = get_peft_model(model, cfg)
