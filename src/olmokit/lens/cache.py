@@ -166,6 +166,10 @@ class ActivationCache:
             parts.append(self[("attn_out", layer)])
             labels.append(f"{layer}_attn_out")
         stack = torch.stack(parts)
+        return self._finish_stack(stack, labels, apply_ln, pos_slice, return_labels)
+
+    def _finish_stack(self, stack, labels, apply_ln, pos_slice, return_labels):
+        """Shared tail of the stacking helpers: optional frozen final norm, position slice, labels."""
         if apply_ln:
             stack = self.apply_ln_to_stack(stack)
         if pos_slice is not None:
@@ -206,11 +210,7 @@ class ActivationCache:
             parts.append(self.head_results(i))
             labels += [f"L{i}H{h}" for h in range(adapter.num_heads)]
         stack = torch.cat(parts)
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack)
-        if pos_slice is not None:
-            stack = _slice_pos(stack, pos_slice, self.has_batch_dim)
-        return (stack, labels) if return_labels else stack
+        return self._finish_stack(stack, labels, apply_ln, pos_slice, return_labels)
 
     def head_results(self, layer: int) -> torch.Tensor:
         """``[n_heads, batch, pos, d_model]``: each head's additive contribution in ``layer``."""
