@@ -78,18 +78,15 @@ def _choice_logprobs_shared(
     # examples per batch so that rows (examples x choices) stay near batch_size
     per = max(1, batch_size // max(len(ex.choices) for ex in examples))
     order = sorted(range(len(items)), key=lambda k: -len(items[k][0]))
+    pad_left = PaddingCollator(tokenizer.pad_token_id, padding_side="left")
+    pad_right = PaddingCollator(tokenizer.pad_token_id)
     scores: list[list[float]] = [[] for _ in examples]
     bar = tqdm(range(0, len(order), per), desc="scoring choices", disable=not progress, leave=False)
     for start in bar:
         idx = order[start : start + per]
-        prompts = [items[k][0] for k in idx]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, p in enumerate(prompts):  # left padding: every prompt ends at the last column
-            ids[r, width - len(p) :] = torch.as_tensor(p)
-            mask[r, width - len(p) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        # left padding: every prompt ends at the last column
+        batch = pad_left([{"input_ids": items[k][0]} for k in idx])
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         first_logp = torch.log_softmax(out.logits[:, -1].float(), -1)  # predicts each target's 1st token
@@ -102,12 +99,9 @@ def _choice_logprobs_shared(
         else:
             for layer in cache.layers:
                 layer.batch_select_indices(sel)
-        tw = max(len(t) for _, t in rows)
-        tids = torch.full((len(rows), tw), tokenizer.pad_token_id, dtype=torch.long, device=device)
-        tmask = torch.zeros((len(rows), tw), dtype=torch.long, device=device)
-        for j, (_, t) in enumerate(rows):
-            tids[j, : len(t)] = torch.as_tensor(t)
-            tmask[j, : len(t)] = 1
+        targets = pad_right([{"input_ids": t} for _, t in rows])
+        tids, tmask = targets["input_ids"].to(device), targets["attention_mask"].to(device)
+        tw = tids.shape[1]
         full_mask = torch.cat([mask[sel], tmask], -1)
         tpos = mask.sum(-1)[sel, None] + torch.arange(tw, device=device)[None]
         logits = model(input_ids=tids, attention_mask=full_mask, position_ids=tpos, past_key_values=cache).logits
