@@ -19,7 +19,7 @@ from .errors import CheckpointError, ConfigError
 from .family import FamilyAdapter, get_adapter
 from .files import atomic_directory
 from .zoo.presets import random_model
-from .zoo.registry import DEFAULT_MODEL, ZOO, is_zoo_name, shipped_path, zoo_entry
+from .zoo.registry import DEFAULT_MODEL, ZOO, ZooEntry, is_zoo_name, shipped_path, zoo_entry
 
 __all__ = [
     "load_model",
@@ -58,14 +58,16 @@ def _offline_hint(name: str, exc: Exception) -> CheckpointError:
     )
 
 
-def _source(name_or_path: str | os.PathLike[str] | None) -> str:
-    """Resolve a zoo name to its directory; leave paths and hub ids alone."""
-    name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
-    if Path(name).exists():
-        return name
-    if is_zoo_name(name) and zoo_entry(name).kind == "shipped":
-        return str(shipped_path(name))
-    return name
+def _zoo(name: str) -> ZooEntry | None:
+    """The zoo entry ``name`` refers to, or ``None`` for paths and hub ids (an existing path wins)."""
+    if Path(name).exists() or not is_zoo_name(name):
+        return None
+    return zoo_entry(name)
+
+
+def _source(name: str, entry: ZooEntry | None) -> str:
+    """What ``from_pretrained`` should read: a shipped zoo model's directory, else ``name`` itself."""
+    return str(shipped_path(entry.name)) if entry is not None and entry.kind == "shipped" else name
 
 
 def load_model(
@@ -84,8 +86,8 @@ def load_model(
 
     torch_dtype = resolve_dtype(dtype)
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
-    if not Path(name).exists() and is_zoo_name(name) and zoo_entry(name).kind == "random":
-        entry = zoo_entry(name)
+    entry = _zoo(name)
+    if entry is not None and entry.kind == "random":
         model = random_model(
             entry.model_type,
             entry.size,
@@ -97,7 +99,7 @@ def load_model(
         model.config._name_or_path = f"zoo:{entry.name}"
         return model.to(device) if device is not None else model
 
-    source = _source(name)
+    source = _source(name, entry)
     try:
         config = AutoConfig.from_pretrained(
             source, revision=revision, trust_remote_code=trust_remote_code
@@ -126,8 +128,8 @@ def load_model(
             f"initialised: {missing[:8]}{' ...' if len(missing) > 8 else ''}"
         )
     get_adapter(model)
-    if is_zoo_name(name) and not Path(name).exists():
-        model.name_or_path = f"zoo:{name.removeprefix('zoo:')}"
+    if entry is not None:
+        model.name_or_path = f"zoo:{entry.name}"
     if device is not None:
         model = model.to(device)
     return model.eval()
@@ -147,10 +149,11 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
-    if not Path(name).exists() and is_zoo_name(name) and zoo_entry(name).kind == "random":
+    entry = _zoo(name)
+    if entry is not None and entry.kind == "random":
         source = str(shipped_path(DEFAULT_MODEL))  # random zoo models share the default's tokenizer
     else:
-        source = _source(name)
+        source = _source(name, entry)
     try:
         tok = AutoTokenizer.from_pretrained(
             source, revision=revision, trust_remote_code=trust_remote_code
