@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from olmokit.cli.main import main
-from olmokit.lens import plots
 from olmokit.zoo.registry import DEFAULT_MODEL, ZOO
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -51,13 +49,3 @@ def test_patch_rejects_prompts_of_different_length(tmp_path, capsys):
         pytest.skip("shipped zoo model not built")
     assert main(["lens", "patch", "--clean", "a b c", "--corrupted", "a", "--out", str(tmp_path)]) == 2
     assert "same token length" in capsys.readouterr().err
-
-
-def test_plot_functions(tmp_path):
-    p = torch.softmax(torch.randn(6, 6), -1).tril()
-    assert _is_png(plots.plot_attention_pattern(p, list("abcdef"), tmp_path / "a.png", "t"))
-    assert _is_png(plots.plot_head_scores(torch.rand(2, 4), tmp_path / "h.png"))
-    assert _is_png(plots.plot_patching_heatmap(torch.randn(2, 6), tmp_path / "p.png", col_labels=list("abcdef")))
-    assert _is_png(plots.plot_patching_heatmap(torch.randn(3), tmp_path / "q.png"))
-    top = [["x"] * 6 for _ in range(3)]
-    assert _is_png(plots.plot_logit_lens(torch.rand(3, 6), top, ["0_pre", "1_pre", "final_post"], list("abcdef"), tmp_path / "l.png"))

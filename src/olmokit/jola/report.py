@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..files import atomic_write_json, atomic_write_text
+from ..plots import plot_gate_heatmap
 from .config import JoLASettings
 from .layer import HardConcrete, expected_gate, hard_gate, prob_open
 
@@ -103,31 +104,7 @@ class GateReport:
 
     def heatmap(self, path: str | os.PathLike[str], title: str = "JoLA gates") -> Path:
         """Two side-by-side heatmaps (layers × heads): additive g1 and multiplicative g2."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(
-            1,
-            2,
-            figsize=(2.5 + 0.45 * self.num_heads * 2, 2.2 + 0.35 * len(self.layers)),
-            constrained_layout=True,
-        )
-        for ax, g, name in ((axes[0], self.g1, "additive g1 (v)"), (axes[1], self.g2, "multiplicative g2 (A)")):
-            im = ax.imshow(g.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-            ax.set_title(name)
-            ax.set_xlabel("head")
-            ax.set_ylabel("layer")
-            ax.set_yticks(range(len(self.layers)), [str(i) for i in self.layers])
-            ax.set_xticks(range(self.num_heads))
-        fig.colorbar(im, ax=list(axes), shrink=0.8, label="gate")
-        fig.suptitle(f"{title} ({self.mode})")
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=100)
-        plt.close(fig)
-        return out
+        return plot_gate_heatmap(self.g1, self.g2, self.layers, path, title=f"{title} ({self.mode})")
 
 
 def gate_report(source: nn.Module | str | os.PathLike[str], mode: str | None = None) -> GateReport:

@@ -2,7 +2,7 @@
 
 Start with :class:`HookedOlmo` (``hooked.py``); hook names and their shapes are in ``names.py`` and
 ``docs/lens.md``. Analyses: :mod:`.patching`, :mod:`.logit_lens`, :mod:`.attribution`, :mod:`.heads`;
-figures: :mod:`.plots`; command line: ``olmokit lens``.
+figures: :mod:`olmokit.plots`; command line: ``olmokit lens``.
 """
 
 from __future__ import annotations

@@ -93,8 +93,9 @@ def _single_token(model, text: str | None, fallback: int) -> int:
 def run_patch(args: argparse.Namespace) -> int:
     import torch
 
+    from .. import plots
     from ..errors import ConfigError
-    from . import patching, plots
+    from . import patching
 
     model = _load(args)
     clean, corrupted = model.to_tokens(args.clean), model.to_tokens(args.corrupted)
@@ -122,7 +123,7 @@ def run_patch(args: argparse.Namespace) -> int:
 
 
 def run_induction(args: argparse.Namespace) -> int:
-    from . import plots
+    from .. import plots
     from .heads import induction_score
 
     model = _load(args)
@@ -152,7 +153,7 @@ def run_induction(args: argparse.Namespace) -> int:
 
 
 def run_logit_lens(args: argparse.Namespace) -> int:
-    from . import plots
+    from .. import plots
     from .logit_lens import logit_lens
 
     model = _load(args)

@@ -1,0 +1,213 @@
+"""Every PNG figure olmokit writes: lens heatmaps and tables, the JoLA gate heatmap.
+
+Headless by construction: figures are built on the object-oriented :class:`matplotlib.figure.Figure`
+with an Agg canvas attached directly, so no display is needed, ``pyplot``'s global state is never
+touched and a user who already chose a matplotlib backend (an interactive one in a notebook, say)
+keeps it — this module never calls ``matplotlib.use``. matplotlib itself is imported on the first plot,
+so ``import olmokit`` (and every tool package) stays free of it.
+
+Each function takes the data and a destination path and returns that path. The PNG is written to a
+temporary file in the destination directory and renamed over the target, so a killed run never
+leaves a truncated image. Data may be torch tensors (any device or dtype) or anything NumPy accepts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .files import atomic_path
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_attention_pattern",
+    "plot_gate_heatmap",
+    "plot_head_scores",
+    "plot_logit_lens",
+    "plot_patching_heatmap",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+def _figure(figsize: tuple[float, float], **kwargs: Any) -> Figure:
+    """A new figure that renders with Agg, independent of the user's (or pyplot's) backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: PathLike, dpi: int = 80, tight: bool = True) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically (temp file in the same directory, then rename)."""
+    if tight:
+        fig.tight_layout()
+    with atomic_path(path) as tmp:
+        # the temp name ends in ".tmp", so the format must be named explicitly
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
+def _array(data: Any) -> np.ndarray:
+    """A float NumPy array from a tensor (detached, moved to CPU) or any array-like."""
+    import numpy as np
+
+    if hasattr(
+        data, "detach"
+    ):  # a torch tensor; checked by duck type so torch is not imported here
+        data = data.detach().float().cpu().numpy()
+    return np.asarray(data, dtype=float)
+
+
+def _short(tokens: Sequence[str], width: int = 8) -> list[str]:
+    """Token strings as printable tick labels: escapes visible (``\\n``), cut to ``width`` characters."""
+    return [repr(t)[1:-1][:width] for t in tokens]
+
+
+def plot_attention_pattern(
+    pattern: Any,
+    str_tokens: Sequence[str] | None,
+    path: PathLike,
+    title: str = "",
+    mark_offset: int | None = None,
+) -> Path:
+    """Heatmap of one head's ``[query, key]`` pattern (masked entries are exactly 0).
+
+    ``mark_offset`` draws a dashed line on the diagonal ``key = query + mark_offset`` (for an induction
+    check on a sequence repeated after ``n`` tokens: ``1 - n``, where an induction head's stripe sits).
+    Token labels are drawn only up to 64 positions; beyond that they would overlap into a grey bar.
+    """
+    pattern = _array(pattern)
+    n = pattern.shape[-1]
+    size = min(8.0, 2.5 + 0.15 * n)
+    fig = _figure((size + 1.0, size))
+    ax = fig.subplots()
+    im = ax.imshow(pattern, cmap="Blues", vmin=0.0, vmax=1.0)
+    if mark_offset is not None:
+        q0 = max(0, -mark_offset)
+        ax.plot(
+            [q0 + mark_offset, n - 1 + mark_offset],
+            [q0, n - 1],
+            "r--",
+            linewidth=0.8,
+            label="induction stripe",
+        )
+        ax.legend(loc="upper right", fontsize=7)
+    if str_tokens is not None and n <= 64:
+        labels = _short(str_tokens)
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(n), labels, fontsize=6)
+    ax.set_xlabel("key position")
+    ax.set_ylabel("query position")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    return _save(fig, path)
+
+
+def plot_head_scores(scores: Any, path: PathLike, title: str = "", cmap: str = "viridis") -> Path:
+    """``[n_layers, n_heads]`` scores (e.g. induction) with values written in the cells."""
+    scores = _array(scores)
+    n_layers, n_heads = scores.shape
+    fig = _figure((1.2 + 0.7 * n_heads, 1.2 + 0.6 * n_layers))
+    ax = fig.subplots()
+    im = ax.imshow(scores, cmap=cmap, aspect="auto")
+    for i in range(n_layers):
+        for h in range(n_heads):
+            ax.text(h, i, f"{scores[i, h]:.2f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(n_layers))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    return _save(fig, path)
+
+
+def plot_patching_heatmap(
+    values: Any,
+    path: PathLike,
+    row_label: str = "layer",
+    col_labels: Sequence[str] | None = None,
+    col_label: str = "position",
+    title: str = "",
+) -> Path:
+    """A ``[rows, cols]`` (or ``[rows]``) patching result on a diverging scale centred at 0.
+
+    After :func:`olmokit.lens.patching.normalize_patching`, 1 means "fully restores the clean run".
+    """
+    values = _array(values)
+    if values.ndim == 1:
+        values = values[:, None]
+    rows, cols = values.shape
+    bound = max(float(abs(values).max()), 1e-6)
+    fig = _figure((min(14.0, 2.0 + 0.45 * cols), 1.5 + 0.45 * rows))
+    ax = fig.subplots()
+    im = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+    if col_labels is not None:
+        ax.set_xticks(range(cols), _short(col_labels), rotation=90, fontsize=7)
+    ax.set_yticks(range(rows))
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    return _save(fig, path)
+
+
+def plot_logit_lens(
+    top_probs: Any,
+    top_tokens: Sequence[Sequence[str]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    path: PathLike,
+    title: str = "logit lens",
+) -> Path:
+    """Table of the top-1 token per (residual stream, position), coloured by its probability."""
+    probs = _array(top_probs)
+    rows, cols = probs.shape
+    fig = _figure((min(16.0, 2.0 + 0.9 * cols), 1.2 + 0.5 * rows))
+    ax = fig.subplots()
+    im = ax.imshow(probs, cmap="Greens", vmin=0.0, vmax=1.0, aspect="auto")
+    for r in range(rows):
+        for c in range(cols):
+            ax.text(c, r, _short([top_tokens[r][c]], 6)[0], ha="center", va="center", fontsize=6)
+    ax.set_xticks(range(cols), _short(col_labels), rotation=90, fontsize=7)
+    ax.set_yticks(range(rows), list(row_labels), fontsize=7)
+    ax.set_xlabel("input position (prediction of the next token)")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="top-1 probability")
+    return _save(fig, path)
+
+
+def plot_gate_heatmap(
+    additive: Any,
+    multiplicative: Any,
+    layers: Sequence[int],
+    path: PathLike,
+    title: str = "JoLA gates",
+) -> Path:
+    """Two side-by-side ``[layers, heads]`` heatmaps of JoLA gate values in [0, 1].
+
+    ``additive`` is g1 (gating the bias vector v), ``multiplicative`` is g2 (gating the scale A);
+    ``layers`` labels the rows with the model's layer indices (JoLA may edit only some layers).
+    """
+    g1, g2 = _array(additive), _array(multiplicative)
+    n_layers, n_heads = g1.shape
+    fig = _figure((2.5 + 0.45 * n_heads * 2, 2.2 + 0.35 * n_layers), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, g, name in ((axes[0], g1, "additive g1 (v)"), (axes[1], g2, "multiplicative g2 (A)")):
+        im = ax.imshow(g, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_title(name)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_yticks(range(n_layers), [str(i) for i in layers])
+        ax.set_xticks(range(n_heads))
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="gate")
+    fig.suptitle(title)
+    return _save(fig, path, dpi=100, tight=False)
