@@ -11,7 +11,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 #: configs/<tool>/ -> the config class its files must validate against
 CONFIG_CLASSES = {
-    "zoo": "olmokit.zoo.build:ZooBuildConfig",
+    "zoo": "olmokit.zoo.build.config:ZooBuildConfig",
     "jola": "olmokit.jola.config:JoLAConfig",
 }
 
@@ -23,10 +23,14 @@ def _config_class(tool: str):
 
 def test_every_config_directory_has_a_class():
     tools = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
-    assert tools <= set(CONFIG_CLASSES), f"no config class registered for {tools - set(CONFIG_CLASSES)}"
+    assert tools <= set(CONFIG_CLASSES), (
+        f"no config class registered for {tools - set(CONFIG_CLASSES)}"
+    )
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path", sorted(CONFIG_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
 def test_config_file_validates(path):
     cfg = _config_class(path.parent.name).from_yaml(path)
     assert cfg.as_dict()

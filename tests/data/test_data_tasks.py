@@ -28,7 +28,7 @@ def test_deterministic_and_disjoint(task):
     held_docs = {ex.prompt.split("\n\n")[1] for ex in task.heldout}
     assert not train_docs & held_docs
     # held-out examples come from held-out files of the zoo corpus split
-    from olmokit.zoo.corpus import is_held_out
+    from olmokit.data.stdlib import is_held_out
 
     for ex in task.heldout[:30]:
         rel = ex.source.removeprefix("stdlib:").rsplit(":", 1)[0]
@@ -38,7 +38,10 @@ def test_deterministic_and_disjoint(task):
 def test_record_formats(task):
     ex = task.heldout[0]
     rec = ex.record(1)
-    assert rec.kind == "chat" and rec.messages[-1] == {"role": "assistant", "content": ex.choices[1]}
+    assert rec.kind == "chat" and rec.messages[-1] == {
+        "role": "assistant",
+        "content": ex.choices[1],
+    }
     assert get_task("stdlib_module").heldout[:3] == task.heldout[:3]
     with pytest.raises(ConfigError, match="stdlib_module"):
         get_task("nope")
@@ -47,9 +50,13 @@ def test_record_formats(task):
 def test_mc_from_records():
     from olmokit.data.readers import Record
 
-    r = Record("prompt_completion", {"prompt": "2+2=", "completion": "4", "choices": ["3", "4"]}, "f:1")
+    r = Record(
+        "prompt_completion", {"prompt": "2+2=", "completion": "4", "choices": ["3", "4"]}, "f:1"
+    )
     (ex,) = mc_examples_from_records([r])
     assert ex.answer == 1 and ex.record().data["completion"] == "4"
-    bad = Record("prompt_completion", {"prompt": "2+2=", "completion": "5", "choices": ["3", "4"]}, "f:2")
+    bad = Record(
+        "prompt_completion", {"prompt": "2+2=", "completion": "5", "choices": ["3", "4"]}, "f:2"
+    )
     with pytest.raises(DataError, match="f:2"):
         mc_examples_from_records([bad])

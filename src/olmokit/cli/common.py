@@ -7,9 +7,21 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from ..zoo.registry import DEFAULT_MODEL
 
-__all__ = ["add_model_args", "add_tool_parser", "print_table", "print_json"]
+__all__ = ["add_model_args", "add_tool_parser", "print_table", "print_json", "require_prompt"]
+
+
+def require_prompt(prompt: str | None, option: str = "--prompt") -> str:
+    """Refuse an empty prompt before any model is loaded (a run on zero tokens fails deep inside HF).
+
+    Whitespace is allowed: ``"\n"`` or an indent is a meaningful start for code. Every verb that takes
+    a prompt (``zoo generate``, the lens verbs) calls this first.
+    """
+    if prompt is None or prompt == "":
+        raise ConfigError(f"{option} is empty; give the text the model should read")
+    return prompt
 
 
 def add_tool_parser(subparsers: Any, name: str, help: str) -> tuple[argparse.ArgumentParser, Any]:

@@ -2,7 +2,7 @@
 
 ``stdlib_module``: given a docstring from the standard library, pick the top-level module/package it
 comes from among 4 choices (chance = 25%). Examples come from the zoo corpus's fixed split
-(:mod:`olmokit.zoo.corpus`): training examples from training-split files, held-out examples from
+(:mod:`olmokit.data.stdlib`): training examples from training-split files, held-out examples from
 held-out files, so no held-out docstring was seen by the zoo model or during fine-tuning. The label set
 is the modules with at least ``min_label_docs`` training docstrings; held-out labels are restricted to
 it (an unseen module cannot be learnt), and each label contributes at most ``per_label_cap`` examples
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, DataError
 from .readers import Record
+from .stdlib import is_held_out, iter_docstrings, stdlib_root, stdlib_source_files
 
 __all__ = [
     "TASKS",
@@ -53,9 +54,14 @@ class MultipleChoiceExample:
         """The example with choice ``choice`` (default: the answer) as the target."""
         text = self.choices[self.answer if choice is None else choice]
         if self.kind == "prompt_completion":
-            return Record("prompt_completion", {"prompt": self.prompt, "completion": text}, self.source)
+            return Record(
+                "prompt_completion", {"prompt": self.prompt, "completion": text}, self.source
+            )
         messages = [{"role": "system", "content": self.system}] if self.system else []
-        messages += [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": text}]
+        messages += [
+            {"role": "user", "content": self.prompt},
+            {"role": "assistant", "content": text},
+        ]
         return Record("chat", {"messages": messages}, self.source)
 
 
@@ -81,8 +87,6 @@ def _clean_doc(doc: str, max_chars: int) -> str:
 @functools.lru_cache(maxsize=2)
 def _stdlib_docstrings() -> tuple[tuple[str, str, bool, str], ...]:
     """(top-level module, cleaned-later raw docstring, held_out, source) for every stdlib docstring."""
-    from ..zoo.corpus import is_held_out, iter_docstrings, stdlib_root, stdlib_source_files
-
     root = stdlib_root()
     rows = []
     for path in stdlib_source_files(root):
@@ -106,7 +110,10 @@ def stdlib_module_task(
     min_doc_chars: int = 24,
 ) -> Task:
     """Docstring → its standard-library module, 4-way multiple choice (see the module docstring)."""
-    by_split: dict[bool, dict[str, list[tuple[str, str]]]] = {False: defaultdict(list), True: defaultdict(list)}
+    by_split: dict[bool, dict[str, list[tuple[str, str]]]] = {
+        False: defaultdict(list),
+        True: defaultdict(list),
+    }
     seen: set[str] = set()
     for top, doc, held, source in _stdlib_docstrings():
         if top.startswith("_") or top == "__main__":
@@ -118,7 +125,9 @@ def stdlib_module_task(
         by_split[held][top].append((text, source))
     labels = sorted(t for t, docs in by_split[False].items() if len(docs) >= min_label_docs)
     if len(labels) < num_choices:
-        raise DataError(f"stdlib_module: only {len(labels)} modules have >= {min_label_docs} docstrings")
+        raise DataError(
+            f"stdlib_module: only {len(labels)} modules have >= {min_label_docs} docstrings"
+        )
     rng = random.Random(seed)
 
     def make(held: bool, n: int) -> list[MultipleChoiceExample]:
@@ -136,7 +145,9 @@ def stdlib_module_task(
                 "Which Python standard-library module is this docstring from?\n\n"
                 f"{text}\n\nOptions: {', '.join(options)}"
             )
-            out.append(MultipleChoiceExample(prompt, tuple(options), options.index(label), f"stdlib:{src}"))
+            out.append(
+                MultipleChoiceExample(prompt, tuple(options), options.index(label), f"stdlib:{src}")
+            )
         return out
 
     train, heldout = make(False, n_train), make(True, n_heldout)
@@ -165,14 +176,20 @@ def mc_examples_from_records(records: Sequence[Record]) -> list[MultipleChoiceEx
         choices = r.data.get("choices")
         if choices is None:
             continue
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) for c in choices)
+        ):
             raise DataError(f"{r.source}: 'choices' must be a list of at least 2 strings")
         if r.kind == "prompt_completion":
             answer, prompt, system = r.data["completion"], r.data["prompt"], None
         elif r.kind == "chat":
             msgs = r.messages
             if msgs[-1]["role"] != "assistant" or sum(m["role"] == "user" for m in msgs) != 1:
-                raise DataError(f"{r.source}: multiple-choice chat records need one user turn then the answer")
+                raise DataError(
+                    f"{r.source}: multiple-choice chat records need one user turn then the answer"
+                )
             answer = msgs[-1]["content"]
             prompt = next(m["content"] for m in msgs if m["role"] == "user")
             system = next((m["content"] for m in msgs if m["role"] == "system"), None)
@@ -180,5 +197,9 @@ def mc_examples_from_records(records: Sequence[Record]) -> list[MultipleChoiceEx
             raise DataError(f"{r.source}: 'choices' needs a chat or prompt/completion record")
         if answer not in choices:
             raise DataError(f"{r.source}: the answer {answer!r} is not one of the choices")
-        out.append(MultipleChoiceExample(prompt, tuple(choices), choices.index(answer), r.source, system, r.kind))
+        out.append(
+            MultipleChoiceExample(
+                prompt, tuple(choices), choices.index(answer), r.source, system, r.kind
+            )
+        )
     return out

@@ -1,6 +1,9 @@
-"""The zoo: small OLMo models olmokit builds itself and ships, so everything works offline.
+"""The zoo registry: small OLMo models olmokit ships (or builds on load), so everything works offline.
 
-See :mod:`olmokit.zoo.registry` for the names, :mod:`olmokit.zoo.build` for the recipe.
+What ships and how to load it: :mod:`olmokit.zoo.registry` (names, shipped directories under
+``zoo/models/``) and :mod:`olmokit.zoo.presets` (architecture presets and seeded random models). How the
+shipped models were made is the build recipe, :mod:`olmokit.zoo.build`, which this package never
+imports (the recipe sits above the registry and above :mod:`olmokit.data`).
 """
 
 from .presets import SIZES, SPECIAL_TOKENS, ZOO_VOCAB_SIZE, make_config, random_model

@@ -1,4 +1,8 @@
-"""The zoo corpus: text that ships with every CPython, so olmokit can train a real model offline.
+"""Text that ships with every CPython: the offline corpus the zoo models are pretrained on and the
+source of the built-in ``stdlib_module`` task (:mod:`olmokit.data.tasks`).
+
+It lives in ``data/`` (not in the zoo's build recipe) because it is data both of them read: the recipe
+imports it from here, and ``data`` imports nothing from ``zoo``.
 
 * prose — ``pydoc_data.topics`` (the language reference topics ``help()`` shows) and the docstrings of
   the standard library's modules, classes and functions (read with :mod:`ast`, never imported: importing
@@ -26,6 +30,9 @@ __all__ = [
     "stdlib_root",
     "stdlib_source_files",
     "is_held_out",
+    "iter_docstrings",
+    "module_name",
+    "python_fingerprint",
 ]
 
 #: Directory names whose contents are tests or third-party code, not the standard library proper.

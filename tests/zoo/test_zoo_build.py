@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from olmokit.zoo.build import ZooBuildConfig, build_zoo_model
-from olmokit.zoo.pretrain import unigram_cross_entropy
+from olmokit.zoo.build.pretrain import unigram_cross_entropy
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "zoo" / "smoke.yaml"
 

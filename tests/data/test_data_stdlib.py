@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from olmokit.zoo.corpus import (
+from olmokit.data.stdlib import (
     build_corpus,
     is_held_out,
     iter_docstrings,

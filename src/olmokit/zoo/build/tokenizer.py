@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..data.formatting import CHATML_TEMPLATE
-from .presets import EOS_ID, PAD_ID, SPECIAL_TOKENS, ZOO_VOCAB_SIZE
+from ...data.formatting import CHATML_TEMPLATE
+from ..presets import EOS_ID, PAD_ID, SPECIAL_TOKENS, ZOO_VOCAB_SIZE
 
 __all__ = ["CHATML_TEMPLATE", "train_tokenizer"]
 

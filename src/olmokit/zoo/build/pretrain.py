@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .corpus import Document
-from .presets import EOS_ID
+from ...data.stdlib import Document
+from ..presets import EOS_ID
 
 __all__ = [
     "BlockDataset",

@@ -1,4 +1,4 @@
-"""``olmokit zoo build``: the reproducible recipe behind the shipped default model.
+"""``olmokit zoo build``: the reproducible recipe behind the shipped models.
 
 Corpus (CPython's own text) → byte-level BPE tokenizer → small OLMo pretrained with ``Trainer`` →
 held-out loss vs a unigram baseline → model directory (fp16 safetensors, tokenizer, model card) that
@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
 
-from ..config import OlmokitConfig
-from ..files import atomic_directory, atomic_save_safetensors, atomic_write_json, load_safetensors
+from ...data.stdlib import build_corpus, python_fingerprint
+from ...files import atomic_directory, atomic_save_safetensors, atomic_write_json, load_safetensors
+from ..presets import make_config
 from .card import render_model_card
-from .corpus import build_corpus, python_fingerprint
-from .presets import make_config
+from .config import ZooBuildConfig
 from .pretrain import (
     BlockDataset,
     heldout_loss,
@@ -30,26 +29,7 @@ from .pretrain import (
 )
 from .tokenizer import train_tokenizer
 
-__all__ = ["ZooBuildConfig", "build_zoo_model"]
-
-
-class ZooBuildConfig(OlmokitConfig):
-    """Settings of ``olmokit zoo build`` (defaults reproduce the shipped ``olmo2-stdlib``)."""
-
-    name: str = Field("olmo2-stdlib", description="model name written into the card")
-    model_type: str = Field("olmo2", description="olmo, olmo2 or olmo3")
-    size: str = Field("small", description="architecture preset (see olmokit.zoo.presets.SIZES)")
-    steps: int = Field(1000, gt=0, description="optimizer steps")
-    batch_size: int = Field(16, gt=0, description="sequences per step")
-    seq_len: int = Field(256, gt=8, description="tokens per sequence")
-    learning_rate: float = Field(3e-3, gt=0, description="peak AdamW learning rate (cosine decay)")
-    warmup_steps: int = Field(60, ge=0, description="linear warm-up steps")
-    seed: int = Field(0, description="seed for init, data order and sampling")
-    repeat_prose: int = Field(2, ge=1, description="times each prose document appears in training")
-    save_dtype: str = Field(
-        "float16", description="dtype of the written weights (keeps the package small)"
-    )
-    max_corpus_docs: int | None = Field(None, description="cap on documents (for quick tests)")
+__all__ = ["build_zoo_model"]
 
 
 def _token_streams(
@@ -145,7 +125,9 @@ def build_zoo_model(
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(render_model_card(report), encoding="utf-8")
         atomic_write_json(tmp / "build_report.json", report)
-        cfg.to_yaml(tmp / "build_config.yaml")  # `olmokit zoo build --config` this file to reproduce
+        cfg.to_yaml(
+            tmp / "build_config.yaml"
+        )  # `olmokit zoo build --config` this file to reproduce
     log(
         json.dumps(
             {k: report[k] for k in ("heldout_loss", "unigram_heldout_loss", "total_wall_seconds")}
