@@ -25,13 +25,16 @@ loaded model and into *parameter units* derived from the model's real ``state_di
 
 from __future__ import annotations
 
+import copy
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
 import torch
+from packaging.version import InvalidVersion, Version
 from torch import nn
 
 from .errors import FamilyError
@@ -70,6 +73,7 @@ class FamilySpec:
     model_type: str  #: ``config.model_type``
     generation: int  #: 1, 2 or 3
     causal_lm_class: str  #: the ``transformers`` class name
+    config_class: str  #: the ``transformers`` config class name (zoo presets build configs from it)
     display_name: str
     norm_type: str  #: "layernorm_nonparametric" or "rmsnorm"
     norm_placement: str  #: "pre" or "post"
@@ -77,9 +81,16 @@ class FamilySpec:
     has_qk_norm: bool
     supports_clip_qkv: bool
     has_sliding_window: bool
+    #: eps of a norm that ignores the config (HF's OlmoLayerNorm hard-codes 1e-5); ``None``: the norm
+    #: module's own ``variance_epsilon`` (HF's RMSNorm), read through :meth:`FamilyAdapter.norm_eps`
+    fixed_norm_eps: float | None = None
     #: (first bad, first good again) transformers versions that compute this family wrongly
     broken_transformers: tuple[tuple[str, str], ...] = ()
     min_transformers: str = "4.40.0"
+    #: config key of the norm epsilon; ``None`` when the generation has none (OLMo v1's fixed 1e-5)
+    norm_eps_key: str | None = None
+    #: with sliding-window attention, every this-many-th layer attends fully (OLMo-3: layers 3, 7, ...)
+    full_attention_every: int | None = None
     # Module layout (shared by all three generations today, kept as data so a Llama-layout family
     # can be registered later without touching any tool).
     base_model_attr: str = "model"
@@ -103,6 +114,7 @@ _OLMO1 = FamilySpec(
     model_type="olmo",
     generation=1,
     causal_lm_class="OlmoForCausalLM",
+    config_class="OlmoConfig",
     display_name="OLMo v1",
     norm_type="layernorm_nonparametric",
     norm_placement="pre",
@@ -113,12 +125,14 @@ _OLMO1 = FamilySpec(
     has_qk_norm=False,
     supports_clip_qkv=True,
     has_sliding_window=False,
+    fixed_norm_eps=1e-5,
     min_transformers="4.40.0",
 )
 _OLMO2 = FamilySpec(
     model_type="olmo2",
     generation=2,
     causal_lm_class="Olmo2ForCausalLM",
+    config_class="Olmo2Config",
     display_name="OLMo-2",
     norm_type="rmsnorm",
     norm_placement="post",
@@ -130,6 +144,7 @@ _OLMO2 = FamilySpec(
     supports_clip_qkv=False,
     has_sliding_window=False,
     min_transformers="4.47.0",
+    norm_eps_key="rms_norm_eps",
 )
 #: OLMo-3 is OLMo-2's layout plus sliding-window attention on some layers.
 _OLMO3 = replace(
@@ -137,8 +152,10 @@ _OLMO3 = replace(
     model_type="olmo3",
     generation=3,
     causal_lm_class="Olmo3ForCausalLM",
+    config_class="Olmo3Config",
     display_name="OLMo-3",
     has_sliding_window=True,
+    full_attention_every=4,
     # transformers 5.0-5.12.1 feed YaRN-scaled RoPE to the sliding-window layers too (PR #39847);
     # 4.57.0 is yanked on PyPI.
     broken_transformers=(("4.57.0", "4.57.1"), ("5.0.0", "5.13.0")),
@@ -150,6 +167,9 @@ _OLMO3 = replace(
 FAMILIES: dict[str, FamilySpec] = {s.model_type: s for s in (_OLMO1, _OLMO2, _OLMO3)}
 
 _CLASS_TO_TYPE = {spec.causal_lm_class: mt for mt, spec in FAMILIES.items()}
+
+#: Keyword names under which HF modules receive their hidden-state input.
+_INPUT_KWARGS = ("hidden_states", "input", "x")
 
 
 def register_family(spec: FamilySpec) -> None:
@@ -175,13 +195,19 @@ def _supported_text() -> str:
     return ", ".join(f"{s.causal_lm_class} (model_type '{mt}')" for mt, s in FAMILIES.items())
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in re.split(r"[.+-]", version):
-        if not piece.isdigit():
-            break
-        parts.append(int(piece))
-    return tuple(parts)
+def _release(version: str) -> Version:
+    """The release a version string names (``5.13.0`` for ``5.13.0.dev0+local``).
+
+    Pre-, dev- and local builds count as their release, so a source build of a fixed release passes;
+    a string ``packaging`` cannot parse falls back to its leading dotted numbers.
+    """
+    try:
+        return Version(Version(version).base_version)
+    except InvalidVersion:
+        leading = re.match(r"\d+(?:\.\d+)*", version.strip())
+        if leading is None:
+            raise FamilyError(f"cannot read the transformers version {version!r}") from None
+        return Version(leading.group(0))
 
 
 def check_transformers_version(spec: FamilySpec, version: str | None = None) -> None:
@@ -190,14 +216,14 @@ def check_transformers_version(spec: FamilySpec, version: str | None = None) -> 
         import transformers
 
         version = transformers.__version__
-    v = _version_tuple(version)
-    if v < _version_tuple(spec.min_transformers):
+    v = _release(version)
+    if v < _release(spec.min_transformers):
         raise FamilyError(
             f"{spec.display_name} needs transformers>={spec.min_transformers}; you have {version}. "
             "Run: pip install -U 'transformers>=5.13'"
         )
     for bad, good in spec.broken_transformers:
-        if _version_tuple(bad) <= v < _version_tuple(good):
+        if _release(bad) <= v < _release(good):
             raise FamilyError(
                 f"transformers {version} computes {spec.display_name} incorrectly (RoPE/YaRN is applied "
                 f"to sliding-window layers in {bad} up to but excluding {good}). "
@@ -498,6 +524,114 @@ class FamilyAdapter:
 
     def rotary_emb(self) -> nn.Module:
         return self.get(self.boundary_path("rotary_emb"))
+
+    # ---------------------------------------------------------------- HF runtime conventions
+    # What code that hooks a running HF model (the lens) must know about transformers' internals:
+    # call and return conventions of the modules, the attention-function registry, config fields
+    # that select the attention kernel. Kept here so a transformers upgrade is fixed in one file.
+
+    def norm_eps(self, module: nn.Module) -> float:
+        """The eps a norm module adds to the variance (v1: hard-coded 1e-5; v2/3: the module's own)."""
+        if self.spec.fixed_norm_eps is not None:
+            return self.spec.fixed_norm_eps
+        return float(module.variance_epsilon)
+
+    @staticmethod
+    def module_input(args: tuple, kwargs: dict) -> torch.Tensor:
+        """The hidden-state input of a module call as seen by a forward pre-hook (positional or named)."""
+        if args:
+            return args[0]
+        for key in _INPUT_KWARGS:
+            if key in kwargs:
+                return kwargs[key]
+        raise FamilyError("could not find the tensor input of a hooked module")
+
+    @staticmethod
+    def replace_module_input(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` with the hidden-state input replaced (what a pre-hook returns)."""
+        if args:
+            return (new, *args[1:]), kwargs
+        for key in _INPUT_KWARGS:
+            if key in kwargs:
+                return args, {**kwargs, key: new}
+        raise FamilyError("could not find the tensor input of a hooked module")
+
+    @staticmethod
+    def module_output(output: Any) -> torch.Tensor:
+        """The hidden-state output of a module: decoder layers return a bare tensor in
+        transformers >= 4.57 and a tuple before; attention modules return ``(output, weights)``."""
+        return output if isinstance(output, torch.Tensor) else output[0]
+
+    @staticmethod
+    def replace_module_output(output: Any, new: torch.Tensor) -> Any:
+        """``output`` with its hidden state replaced, in the same container shape."""
+        if isinstance(output, torch.Tensor):
+            return new
+        return (new, *output[1:])
+
+    @staticmethod
+    def attention_config(attn: nn.Module) -> Any:
+        """The config object an attention module (``adapter.attention(i)``) reads at run time."""
+        return attn.config
+
+    @staticmethod
+    def set_attention_config(attn: nn.Module, config: Any) -> None:
+        """Give one attention module another config (a private copy; see below)."""
+        attn.config = config
+
+    def attention_config_copy(
+        self, config: Any, *, attn_implementation: str | None = None, disable_clip_qkv: bool = False
+    ) -> Any:
+        """A shallow copy of an attention module's config that selects another attention function
+        (a name registered with :meth:`register_attention_function`) and/or turns HF's in-place
+        ``clip_qkv`` off. HF configs route ``_attn_implementation`` through a property with side
+        effects on sub-configs, so the private field is set directly on the copy."""
+        cfg = copy.copy(config)
+        if attn_implementation is not None:
+            object.__setattr__(cfg, "_attn_implementation_internal", attn_implementation)
+        if disable_clip_qkv:
+            object.__setattr__(cfg, "clip_qkv", None)
+        return cfg
+
+    def attn_implementation(self, config: Any = None) -> str:
+        """The attention kernel name a config selects (``"sdpa"``, ``"eager"``, ...)."""
+        impl = getattr(config, "_attn_implementation", None) if config is not None else None
+        return impl or getattr(self.config, "_attn_implementation", None) or "eager"
+
+    @staticmethod
+    def register_attention_function(name: str, fn: Any) -> None:
+        """Register ``fn`` under ``name`` in HF's ``AttentionInterface`` (global, idempotent)."""
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(name, fn)
+
+    def attention_function(self, attn: nn.Module, name: str) -> Any:
+        """HF's attention function registered as ``name`` (the family's eager math for "eager")."""
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        return ALL_ATTENTION_FUNCTIONS.get_interface(name, self.eager_attention_function(attn))
+
+    @staticmethod
+    def eager_attention_function(attn: nn.Module) -> Any:
+        """The modeling file's own ``eager_attention_forward`` for this attention module."""
+        return sys.modules[type(attn).__module__].eager_attention_forward
+
+    @staticmethod
+    def repeat_kv(attn: nn.Module, states: torch.Tensor) -> torch.Tensor:
+        """Keys/values ``[batch, n_kv, pos, d]`` expanded to every query head, as HF's eager path does."""
+        modeling = sys.modules[type(attn).__module__]
+        return modeling.repeat_kv(states, attn.num_key_value_groups)
+
+    @staticmethod
+    def attention_scaling(attn: nn.Module) -> float:
+        """The factor HF multiplies ``q @ k.T`` by (``head_dim ** -0.5`` unless configured)."""
+        return attn.scaling
+
+    def layer_sliding_window(self, i: int) -> int | None:
+        """The sliding window of layer ``i``'s attention, ``None`` for full attention."""
+        if self.layer_types[i % self.num_layers] != "sliding_attention":
+            return None
+        return self.sliding_window
 
     # ---------------------------------------------------------------- parameter units
     def units(

@@ -3,6 +3,10 @@
 ``small`` is the architecture of the shipped, trained default (``olmo2-stdlib``); ``tiny`` presets are
 seeded random-init models of every generation for tests (like OLMo-core's ``olmo2_1M`` or mergekit's
 ``make_picollama``): GQA everywhere, and OLMo-3 with sliding-window *and* full-attention layers.
+
+Presets never branch on ``model_type``: what differs between generations (the config class, the norm
+epsilon key, the sliding-window layout) is read from the family's :class:`~olmokit.family.FamilySpec`,
+so a newly registered family gets presets without touching this module.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import Olmo2Config, Olmo3Config, OlmoConfig, PretrainedConfig
+import transformers
+from transformers import PretrainedConfig
 
 from ..errors import ConfigError
 from ..family import FAMILIES
@@ -44,7 +49,10 @@ SIZES: dict[str, dict[str, Any]] = {
     ),
 }
 
-_CONFIG_CLASSES = {"olmo": OlmoConfig, "olmo2": Olmo2Config, "olmo3": Olmo3Config}
+#: Sliding-window width of the presets' sliding layers, by size (tiny: 8, so short tests cross it).
+SLIDING_WINDOW = {"small": 64, "tiny": 8}
+#: Norm epsilon of the presets, for families whose config has one.
+NORM_EPS = 1e-6
 
 
 def make_config(
@@ -53,9 +61,14 @@ def make_config(
     vocab_size: int = ZOO_VOCAB_SIZE,
     **overrides: Any,
 ) -> PretrainedConfig:
-    """A config for ``model_type`` ("olmo", "olmo2", "olmo3") at a named size, with overrides."""
-    if model_type not in _CONFIG_CLASSES:
+    """A config for ``model_type`` ("olmo", "olmo2", "olmo3") at a named size, with overrides.
+
+    With sliding-window attention a ``tiny`` model gets at least ``full_attention_every`` layers, so
+    it has both kinds of layer.
+    """
+    if model_type not in FAMILIES:
         raise ConfigError(f"unknown model_type {model_type!r}; valid: {sorted(FAMILIES)}")
+    spec = FAMILIES[model_type]
     if size not in SIZES:
         raise ConfigError(f"unknown size {size!r}; valid: {sorted(SIZES)}")
     kwargs: dict[str, Any] = dict(SIZES[size])
@@ -67,20 +80,20 @@ def make_config(
         tie_word_embeddings=False,
         rope_theta=10_000.0,
     )
-    if model_type == "olmo3":
+    if spec.has_sliding_window:
+        every = spec.full_attention_every or 1
         layers = overrides.get("num_hidden_layers", kwargs["num_hidden_layers"])
         if size == "tiny":
-            kwargs["num_hidden_layers"] = layers = max(layers, 4)
-        kwargs["sliding_window"] = 8 if size == "tiny" else 64
-        # OLMo-3's layout: every 4th layer is full attention, the rest slide.
+            kwargs["num_hidden_layers"] = layers = max(layers, every)
+        kwargs["sliding_window"] = SLIDING_WINDOW[size]
         kwargs["layer_types"] = [
-            "full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(layers)
+            "full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(layers)
         ]
-    if model_type == "olmo2" or model_type == "olmo3":
-        kwargs["rms_norm_eps"] = 1e-6
+    if spec.norm_eps_key is not None:
+        kwargs[spec.norm_eps_key] = NORM_EPS
     kwargs.update(overrides)
-    config = _CONFIG_CLASSES[model_type](**kwargs)
-    config.architectures = [FAMILIES[model_type].causal_lm_class]
+    config = getattr(transformers, spec.config_class)(**kwargs)
+    config.architectures = [spec.causal_lm_class]
     return config
 
 
