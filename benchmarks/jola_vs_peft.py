@@ -33,9 +33,9 @@ import torch
 from olmokit.data.collate import PaddingCollator
 from olmokit.data.formatting import encode_records
 from olmokit.data.tasks import get_task
+from olmokit.eval import mc_accuracy
 from olmokit.family import get_adapter
 from olmokit.jola import JoLASettings, JoLATrainer, attach_jola, gate_penalty, num_jola_parameters
-from olmokit.jola.evaluate import mc_accuracy
 from olmokit.jola.layer import HardConcrete, JoLAEdit
 from olmokit.loading import load_model, load_tokenizer
 

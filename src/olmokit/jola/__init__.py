@@ -8,9 +8,9 @@ then :func:`save_jola` / :func:`load_jola`, :func:`merge_jola` (exact fold into 
 :func:`write_report` (which heads are open). See ``docs/jola.md``.
 """
 
+from ..eval import choice_logprobs, evaluate_examples, exact_match, mc_accuracy
 from .checkpoint import load_jola, merge_jola, read_adapter, save_jola, save_merged
 from .config import DataSection, JoLAConfig, JoLASettings, ModelSection, TrainingSection
-from .evaluate import choice_logprobs, evaluate_examples, exact_match, mc_accuracy
 from .layer import HardConcrete, JoLAEdit, expected_gate, hard_gate, prob_open, sample_gate
 from .model import (
     JoLAModel,

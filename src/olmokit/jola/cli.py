@@ -96,10 +96,10 @@ def _fmt(x: Any) -> str:
 def _eval(args: argparse.Namespace) -> int:
     from ..data.readers import read_records
     from ..data.tasks import get_task
+    from ..eval import evaluate_examples
     from ..files import atomic_write_json
     from ..loading import load_model, load_tokenizer
     from .checkpoint import load_jola, read_adapter
-    from .evaluate import evaluate_examples
     from .model import detach_jola, has_jola
     from .run import heldout_examples
 

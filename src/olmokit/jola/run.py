@@ -23,11 +23,11 @@ from torch import nn
 from ..data.readers import Record, read_records
 from ..data.tasks import MultipleChoiceExample, get_task, mc_examples_from_records
 from ..errors import DataError
+from ..eval import evaluate_examples
 from ..files import atomic_write_json
 from ..loading import load_model, load_tokenizer
 from .checkpoint import save_jola
 from .config import DataSection, JoLAConfig
-from .evaluate import evaluate_examples
 from .model import attach_jola, disable_jola, num_jola_parameters, resolve_device
 from .report import write_report
 from .train import JoLATrainer, training_arguments

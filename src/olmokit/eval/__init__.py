@@ -1,0 +1,75 @@
+"""Scoring a causal LM: the one place in olmokit that turns logits into log-probabilities.
+
+Where to start:
+
+* :mod:`~olmokit.eval.nll`: per-token and mean next-token NLL with label masking (``-100``), at the
+  logits level (differentiable) and the model level (:func:`sequence_nll`). Everything below uses it.
+* :mod:`~olmokit.eval.choices`: log-likelihood multiple choice (:func:`choice_logprobs`,
+  :func:`mc_accuracy`), with a shared-prompt KV-cache scorer.
+* :mod:`~olmokit.eval.generation`: :func:`greedy_generate` (batched, KV-cached, records the chosen
+  token's probability) and :func:`exact_match`.
+* :mod:`~olmokit.eval.merge_metrics`: the OLM merge's ``bigram_loss``, ``exact_match_score``,
+  ``diversity`` and ``response_nll``, all lower-is-better, per sample.
+* :mod:`~olmokit.eval.modes`: :func:`eval_mode`, which every scorer runs under and which restores
+  the previous train/eval flags even when scoring raises.
+
+Every scorer is checked against a slow float64 per-position loop in ``tests/eval``.
+"""
+
+from .choices import choice_logprobs, mc_accuracy
+from .examples import evaluate_examples
+from .generation import GreedyOutput, exact_match, greedy_generate, prompt_text, stop_token_ids
+from .merge_metrics import (
+    DIVERSITY_SCALE,
+    ContextResponse,
+    bigram_loss,
+    diversity,
+    diversity_score,
+    exact_match_score,
+    response_nll,
+)
+from .modes import eval_mode, model_device
+from .nll import (
+    IGNORE_INDEX,
+    label_mask,
+    log_probs,
+    mean_nll,
+    mean_sequence_nll,
+    sequence_nll,
+    token_logprobs,
+    token_nll,
+)
+from .scripts import SCRIPT_RANGES, SCRIPTS, script_of, scripts_in, uses_script
+
+__all__ = [
+    "IGNORE_INDEX",
+    "log_probs",
+    "token_logprobs",
+    "token_nll",
+    "label_mask",
+    "mean_nll",
+    "sequence_nll",
+    "mean_sequence_nll",
+    "choice_logprobs",
+    "mc_accuracy",
+    "GreedyOutput",
+    "greedy_generate",
+    "stop_token_ids",
+    "prompt_text",
+    "exact_match",
+    "evaluate_examples",
+    "ContextResponse",
+    "DIVERSITY_SCALE",
+    "bigram_loss",
+    "exact_match_score",
+    "diversity",
+    "diversity_score",
+    "response_nll",
+    "SCRIPT_RANGES",
+    "SCRIPTS",
+    "script_of",
+    "scripts_in",
+    "uses_script",
+    "eval_mode",
+    "model_device",
+]

@@ -1,0 +1,36 @@
+"""Accuracy and exact match together on held-out examples (what JoLA reports for base vs edited)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from ..data.tasks import MultipleChoiceExample
+from .choices import mc_accuracy
+from .generation import exact_match
+
+__all__ = ["evaluate_examples"]
+
+
+def evaluate_examples(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[MultipleChoiceExample],
+    batch_size: int = 16,
+    generate: bool = True,
+    progress: bool = False,
+    max_length: int | None = None,
+) -> dict[str, float]:
+    """``{"acc", "n"}`` from :func:`mc_accuracy`, plus ``"em"`` from :func:`exact_match` when
+    ``generate``."""
+    out: dict[str, float] = {}
+    mc = mc_accuracy(
+        model, tokenizer, examples, batch_size=batch_size, progress=progress, max_length=max_length
+    )
+    out["acc"], out["n"] = mc["acc"], mc["n"]
+    if generate:
+        em = exact_match(model, tokenizer, examples, batch_size=batch_size, progress=progress)
+        out["em"] = em["em"]
+    return out
