@@ -41,7 +41,9 @@ def dla_names_filter(model: HookedOlmo):
     last = f"blocks.{model.adapter.num_layers - 1}.hook_resid_post"
 
     def keep(name: str) -> bool:
-        return name in ("hook_embed", last) or name.endswith(("attn.hook_z", "attn.hook_raw_out", "hook_mlp_out"))
+        return name in ("hook_embed", last) or name.endswith(
+            ("attn.hook_z", "attn.hook_raw_out", "hook_mlp_out")
+        )
 
     return keep
 
@@ -91,10 +93,12 @@ def _bias_component(cache, layer: int, bias: torch.Tensor) -> torch.Tensor:
     from ..family import NormSite
     from .norms import apply_norm_with_scale, norm_scale
 
-    adapter = cache.model.adapter
+    adapter = cache.adapter
     z = cache[("z", layer)]
     b = bias.to(z.dtype).expand(*z.shape[:2], -1)[None]
     if adapter.norm_placement == "post":
         norm = adapter.norm(layer, NormSite.ATTN_OUTPUT)
-        b = apply_norm_with_scale(b, norm_scale(cache[("attn_raw_out", layer)], norm, adapter), norm, adapter)
+        b = apply_norm_with_scale(
+            b, norm_scale(cache[("attn_raw_out", layer)], norm, adapter), norm, adapter
+        )
     return b

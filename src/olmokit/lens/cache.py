@@ -20,36 +20,39 @@ Residual helpers and OLMo's norms:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ..family import NormSite
+from ..family import FamilyAdapter, NormSite
 from .names import resolve_name
 from .norms import apply_norm_with_scale, norm_scale
-
-if TYPE_CHECKING:
-    from .hooked import HookedOlmo
 
 __all__ = ["ActivationCache"]
 
 
 class ActivationCache:
-    """Mapping from hook name to a cached tensor, bound to the :class:`HookedOlmo` that produced it."""
+    """Mapping from hook name to a cached tensor, bound to the family adapter of the model that
+    produced it (the adapter gives the sizes, norms and weights the helpers need; the cache never
+    runs the model, so it does not hold the :class:`~olmokit.lens.HookedOlmo` itself)."""
 
-    def __init__(self, cache: dict[str, torch.Tensor], model: HookedOlmo, has_batch_dim: bool = True):
+    def __init__(
+        self, cache: dict[str, torch.Tensor], adapter: FamilyAdapter, has_batch_dim: bool = True
+    ):
         self.cache_dict = cache
-        self.model = model
+        self.adapter = adapter
         self.has_batch_dim = has_batch_dim
 
     # ------------------------------------------------------------------ mapping
     def _key(self, key: str | tuple) -> str:
-        return resolve_name(key, self.model.adapter.num_layers)
+        return resolve_name(key, self.adapter.num_layers)
 
     def __getitem__(self, key: str | tuple) -> torch.Tensor:
         name = self._key(key)
         if name not in self.cache_dict:
-            raise KeyError(f"{name!r} is not in the cache (it holds {len(self.cache_dict)} hooks; widen names_filter)")
+            raise KeyError(
+                f"{name!r} is not in the cache (it holds {len(self.cache_dict)} hooks; widen names_filter)"
+            )
         return self.cache_dict[name]
 
     def __contains__(self, key: object) -> bool:
@@ -75,7 +78,9 @@ class ActivationCache:
 
     # ------------------------------------------------------------------ new caches
     def to(self, device: str | torch.device) -> ActivationCache:
-        return ActivationCache({k: v.to(device) for k, v in self.items()}, self.model, self.has_batch_dim)
+        return ActivationCache(
+            {k: v.to(device) for k, v in self.items()}, self.adapter, self.has_batch_dim
+        )
 
     def remove_batch_dim(self) -> ActivationCache:
         if not self.has_batch_dim:
@@ -83,11 +88,15 @@ class ActivationCache:
         for name, v in self.items():
             if v.shape[0] != 1:
                 raise ValueError(f"remove_batch_dim needs batch size 1; {name} has {v.shape[0]}")
-        return ActivationCache({k: v[0] for k, v in self.items()}, self.model, has_batch_dim=False)
+        return ActivationCache(
+            {k: v[0] for k, v in self.items()}, self.adapter, has_batch_dim=False
+        )
 
     def apply_slice_to_batch_dim(self, batch_slice: int | slice) -> ActivationCache:
         sl = slice(batch_slice, batch_slice + 1) if isinstance(batch_slice, int) else batch_slice
-        return ActivationCache({k: v[sl] for k, v in self.items()}, self.model, self.has_batch_dim)
+        return ActivationCache(
+            {k: v[sl] for k, v in self.items()}, self.adapter, self.has_batch_dim
+        )
 
     def nbytes(self) -> int:
         """Bytes held, each underlying storage counted once (aliases and views share storage)."""
@@ -100,11 +109,11 @@ class ActivationCache:
     # ------------------------------------------------------------------ stacking
     def stack_activation(self, name: str, layer: int | None = None) -> torch.Tensor:
         """``[n_layers_used, ...]`` of a per-layer activation (``"resid_post"``, ``"pattern"``, ...)."""
-        n = self.model.adapter.num_layers if layer is None else layer
+        n = self.adapter.num_layers if layer is None else layer
         return torch.stack([self[(name, i)] for i in range(n)])
 
     def _final_resid(self) -> torch.Tensor:
-        return self[("resid_post", self.model.adapter.num_layers - 1)]
+        return self[("resid_post", self.adapter.num_layers - 1)]
 
     def accumulated_resid(
         self,
@@ -119,7 +128,7 @@ class ActivationCache:
         ``[n, batch, pos, d_model]``; labels ``0_pre, 0_mid, 1_pre, ..., final_post``. ``apply_ln``
         normalises every entry with the final norm using its own statistics (logit lens).
         """
-        n_layers = self.model.adapter.num_layers
+        n_layers = self.adapter.num_layers
         layer = n_layers if layer is None else layer % (n_layers + 1)
         parts, labels = [], []
         for i in range(layer):
@@ -136,7 +145,7 @@ class ActivationCache:
             stack = _slice_pos(stack, pos_slice, self.has_batch_dim)
         if apply_ln:
             with torch.no_grad():
-                stack = self.model.adapter.final_norm()(stack)
+                stack = self.adapter.final_norm()(stack)
         return (stack, labels) if return_labels else stack
 
     def decompose_resid(
@@ -153,7 +162,7 @@ class ActivationCache:
         They sum to ``resid_pre[layer]`` (``resid_mid`` with ``mlp_input``; the final residual with
         ``layer=None``). ``apply_ln`` applies the final norm with its frozen scale (see module docstring).
         """
-        n_layers = self.model.adapter.num_layers
+        n_layers = self.adapter.num_layers
         layer = n_layers if layer is None else layer
         parts, labels = [], []
         if incl_embeds:
@@ -180,12 +189,12 @@ class ActivationCache:
         """The final norm's fp32 scale at the actual final residual (cached or recomputed exactly)."""
         if "ln_final.hook_scale" in self.cache_dict:
             return self.cache_dict["ln_final.hook_scale"]
-        adapter = self.model.adapter
+        adapter = self.adapter
         return norm_scale(self._final_resid(), adapter.final_norm(), adapter)
 
     def apply_ln_to_stack(self, stack: torch.Tensor) -> torch.Tensor:
         """Final norm applied to each component with the frozen final scale (linear in the component)."""
-        adapter = self.model.adapter
+        adapter = self.adapter
         with torch.no_grad():
             return apply_norm_with_scale(stack, self.final_scale(), adapter.final_norm(), adapter)
 
@@ -203,7 +212,7 @@ class ActivationCache:
         scale (needs ``blocks.i.attn.hook_raw_out`` or ``blocks.i.ln1_post.hook_scale`` in the cache);
         the heads then sum to ``hook_attn_out``.
         """
-        adapter = self.model.adapter
+        adapter = self.adapter
         n = adapter.num_layers if layer is None else layer
         parts, labels = [], []
         for i in range(n):
@@ -214,7 +223,7 @@ class ActivationCache:
 
     def head_results(self, layer: int) -> torch.Tensor:
         """``[n_heads, batch, pos, d_model]``: each head's additive contribution in ``layer``."""
-        adapter = self.model.adapter
+        adapter = self.adapter
         z = self[("z", layer)]  # [batch, pos, n_heads, d_head]
         w_o = adapter.o_proj(layer).weight  # [d_model, n_heads*d_head]
         w_o = w_o.T.reshape(adapter.num_heads, adapter.head_dim, adapter.hidden_size)
@@ -231,14 +240,17 @@ class ActivationCache:
         return per_head
 
     def logit_attrs(
-        self, residual_stack: torch.Tensor, tokens: torch.Tensor, incorrect_tokens: torch.Tensor | None = None
+        self,
+        residual_stack: torch.Tensor,
+        tokens: torch.Tensor,
+        incorrect_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Project already-normalised components onto unembedding directions.
 
         ``residual_stack [n, batch, d_model]`` (one position), ``tokens [batch]``; returns ``[n, batch]``
         (logit of ``tokens`` minus logit of ``incorrect_tokens`` when given).
         """
-        w_u = self.model.adapter.lm_head().weight  # [d_vocab, d_model]
+        w_u = self.adapter.lm_head().weight  # [d_vocab, d_model]
         direction = w_u[tokens]
         if incorrect_tokens is not None:
             direction = direction - w_u[incorrect_tokens]

@@ -61,7 +61,7 @@ class HookedOlmo(nn.Module):
             hp = HookPoint(name, on_change=self._on_hook_change)
             self._attach(name, hp)
             self.hook_dict[name] = hp
-        self.wiring = Wiring(model, self.adapter, self.hook_dict)
+        self.wiring = Wiring(self.adapter, self.hook_dict)
         self._context_level = 0
 
     def _attach(self, name: str, hp: HookPoint) -> None:
@@ -127,7 +127,9 @@ class HookedOlmo(nn.Module):
         texts = [text] if isinstance(text, str) else list(text)
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         if len({len(x) for x in ids}) != 1:
-            raise ValueError("prompts tokenize to different lengths; pass token ids with an attention mask")
+            raise ValueError(
+                "prompts tokenize to different lengths; pass token ids with an attention mask"
+            )
         return torch.tensor(ids, dtype=torch.long, device=self._device())
 
     def to_str_tokens(self, tokens: torch.Tensor | str) -> list[str]:
@@ -163,13 +165,17 @@ class HookedOlmo(nn.Module):
         tokens = self._as_tokens(tokens)
         wiring = self.wiring
         if not wiring.active_names and not track_clipping:
-            logits = self.model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
+            logits = self.model(
+                input_ids=tokens, attention_mask=attention_mask, use_cache=False
+            ).logits
         else:
             if track_clipping:
                 wiring.engage()
             wiring.begin_forward()
             try:
-                logits = self.model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
+                logits = self.model(
+                    input_ids=tokens, attention_mask=attention_mask, use_cache=False
+                ).logits
             finally:
                 wiring.end_forward()
                 if track_clipping:
@@ -201,7 +207,10 @@ class HookedOlmo(nn.Module):
     ) -> list[LensHandle]:
         """Attach ``hook`` to one hook point, or to every one whose name the predicate accepts."""
         level = None if is_permanent else self._context_level
-        return [hp.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level) for hp in self._matching(name)]
+        return [
+            hp.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level)
+            for hp in self._matching(name)
+        ]
 
     def reset_hooks(self, including_permanent: bool = False) -> None:
         for hp in self.hook_dict.values():
@@ -251,12 +260,18 @@ class HookedOlmo(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> CachePlan:
         """Bytes a ``run_with_cache`` with this filter would store, computed before running."""
-        shape = tuple(tokens_or_shape.shape) if isinstance(tokens_or_shape, torch.Tensor) else tuple(tokens_or_shape)
+        shape = (
+            tuple(tokens_or_shape.shape)
+            if isinstance(tokens_or_shape, torch.Tensor)
+            else tuple(tokens_or_shape)
+        )
         if len(shape) == 1:
             shape = (1, shape[0])
         dtype = dtype or next(self.model.parameters()).dtype
         keep = make_names_filter(names_filter, self.hook_dict)
-        return plan_cache(self.specs, self.cfg, shape[0], shape[1], dtype, [n for n in self.hook_dict if keep(n)])
+        return plan_cache(
+            self.specs, self.cfg, shape[0], shape[1], dtype, [n for n in self.hook_dict if keep(n)]
+        )
 
     def run_with_cache(
         self,
@@ -297,9 +312,11 @@ class HookedOlmo(nn.Module):
         with grad_ctx, self.hooks(list(fwd_hooks) + cache_hooks, bwd):
             logits = self(tokens, **forward_kwargs)
             if incl_bwd:
-                target = backward_fn(logits) if backward_fn is not None else self._loss(logits, tokens)
+                target = (
+                    backward_fn(logits) if backward_fn is not None else self._loss(logits, tokens)
+                )
                 target.backward()
-        cache = ActivationCache(store, self)
+        cache = ActivationCache(store, self.adapter)
         if remove_batch_dim:
             cache = cache.remove_batch_dim()
         return logits, cache

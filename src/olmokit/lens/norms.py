@@ -15,10 +15,7 @@ from torch import nn
 
 from ..family import FamilyAdapter
 
-__all__ = ["norm_scale", "apply_norm_with_scale", "V1_LAYERNORM_EPS"]
-
-#: HF's OlmoLayerNorm hard-codes eps (it has no parameters and ignores the config).
-V1_LAYERNORM_EPS = 1e-5
+__all__ = ["norm_scale", "apply_norm_with_scale"]
 
 
 def _is_layernorm(adapter: FamilyAdapter) -> bool:
@@ -33,15 +30,18 @@ def norm_scale(x: torch.Tensor, module: nn.Module, adapter: FamilyAdapter) -> to
     scale was edited, and why attributions built on it are compared with a tolerance.
     """
     xf = x.to(torch.float32)
+    eps = adapter.norm_eps(module)
     if _is_layernorm(adapter):
-        var = xf.var(-1, keepdim=True, unbiased=False)
-        return torch.sqrt(var + V1_LAYERNORM_EPS)
-    variance = xf.pow(2).mean(-1, keepdim=True)
-    return torch.sqrt(variance + module.variance_epsilon)
+        return torch.sqrt(xf.var(-1, keepdim=True, unbiased=False) + eps)
+    return torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
 
 
 def apply_norm_with_scale(
-    x: torch.Tensor, scale: torch.Tensor, module: nn.Module, adapter: FamilyAdapter, out_dtype: torch.dtype | None = None
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    module: nn.Module,
+    adapter: FamilyAdapter,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The norm of ``x`` with a given (e.g. frozen or edited) scale; linear in ``x``.
 

@@ -18,12 +18,13 @@ There is no forked modeling code. Each hook point maps to a *site* on a module t
 
 Per HF module there is at most one pre-hook and one forward hook (a :class:`_Tap`), which runs its
 callbacks in a fixed priority order; a tap is removed when its last callback is.
+
+Everything this module needs to know about HF's modules (which module is which, how they pass hidden
+states in and out, the attention registry and config fields) comes from the family adapter.
 """
 
 from __future__ import annotations
 
-import copy
-import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,13 @@ __all__ = ["LENS_ATTN_IMPL", "Wiring", "ATTENTION_SITES"]
 #: Name under which the lens attention function is registered in HF's ``AttentionInterface``.
 LENS_ATTN_IMPL = "olmokit_lens"
 #: Hook short names that live inside the attention function.
-ATTENTION_SITES = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern")
+ATTENTION_SITES = (
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+)
 _EAGER_SITES = ("attn.hook_attn_scores", "attn.hook_pattern")
 
 
@@ -96,39 +103,20 @@ class _Tap:
         return output if changed else None
 
 
-def _first(args: tuple, kwargs: dict) -> torch.Tensor:
-    if args:
-        return args[0]
-    for key in ("hidden_states", "input", "x"):
-        if key in kwargs:
-            return kwargs[key]
-    raise OlmokitError("lens: could not find the tensor input of a hooked module")
-
-
-def _with_first(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple, dict]:
-    if args:
-        return (new, *args[1:]), kwargs
-    for key in ("hidden_states", "input", "x"):
-        if key in kwargs:
-            return args, {**kwargs, key: new}
-    raise OlmokitError("lens: could not find the tensor input of a hooked module")
-
-
-def _out(output: Any) -> torch.Tensor:
-    # Decoder layers return a bare tensor in transformers >= 4.57 and a tuple before; attention a tuple.
-    return output if isinstance(output, torch.Tensor) else output[0]
-
-
-def _with_out(output: Any, new: torch.Tensor) -> Any:
-    if isinstance(output, torch.Tensor):
-        return new
-    return (new, *output[1:])
+_first = FamilyAdapter.module_input
+_with_first = FamilyAdapter.replace_module_input
+_out = FamilyAdapter.module_output
+_with_out = FamilyAdapter.replace_module_output
 
 
 # ----------------------------------------------------------------------------------------- attention
 @dataclass
 class _AttnContext:
-    base_impl: str
+    """What the lens attention function needs for one wired attention module."""
+
+    adapter: FamilyAdapter
+    layer: int
+    base_impl: str  #: the attention implementation the model was loaded with ("sdpa", "eager", ...)
     sites: dict[str, HookPoint] = field(default_factory=dict)
 
 
@@ -136,11 +124,9 @@ _CONTEXTS: weakref.WeakKeyDictionary[nn.Module, _AttnContext] = weakref.WeakKeyD
 _REGISTERED = False
 
 
-def _modeling_module(module: nn.Module):
-    return sys.modules[type(module).__module__]
-
-
-def _additive_mask(mask: Any, query: torch.Tensor, key: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+def _additive_mask(
+    mask: Any, query: torch.Tensor, key: torch.Tensor, sliding_window: int | None
+) -> torch.Tensor:
     """The layer's mask as an additive float tensor (what eager attention adds to the scores).
 
     SDPA-style masks arrive as ``None`` (plain causal, skipped by HF) or boolean (True = attend); eager
@@ -162,7 +148,9 @@ def _additive_mask(mask: Any, query: torch.Tensor, key: torch.Tensor, sliding_wi
         )
     if mask.dtype == torch.bool:
         zero = torch.zeros((), dtype=query.dtype, device=query.device)
-        return torch.where(mask, zero, torch.tensor(min_value, dtype=query.dtype, device=query.device))
+        return torch.where(
+            mask, zero, torch.tensor(min_value, dtype=query.dtype, device=query.device)
+        )
     return mask
 
 
@@ -171,7 +159,7 @@ def _lens_attention(module: nn.Module, query, key, value, attention_mask, **kwar
     ctx = _CONTEXTS.get(module)
     if ctx is None:  # pragma: no cover - a config copy outlived its wiring
         raise OlmokitError("lens attention called for a module that is not wired")
-    sites = ctx.sites
+    sites, adapter = ctx.sites, ctx.adapter
     for which, name in (("q", "attn.hook_q"), ("k", "attn.hook_k"), ("v", "attn.hook_v")):
         hp = sites.get(name)
         if hp is None:
@@ -181,21 +169,23 @@ def _lens_attention(module: nn.Module, query, key, value, attention_mask, **kwar
         new = hp(view)
         if new is not view:
             new = new.transpose(1, 2)
-            query, key, value = (new, key, value) if which == "q" else (query, new, value) if which == "k" else (query, key, new)
+            query, key, value = (
+                (new, key, value)
+                if which == "q"
+                else (query, new, value)
+                if which == "k"
+                else (query, key, new)
+            )
     if not any(name in sites for name in _EAGER_SITES):
-        eager = _modeling_module(module).eager_attention_forward
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        base = ALL_ATTENTION_FUNCTIONS.get_interface(ctx.base_impl, eager)
+        base = adapter.attention_function(module, ctx.base_impl)
         return base(module, query, key, value, attention_mask, **kwargs)
 
     # Eager math, op for op as HF's eager_attention_forward, with the two hook points in between.
-    repeat_kv = _modeling_module(module).repeat_kv
-    key_states = repeat_kv(key, module.num_key_value_groups)
-    value_states = repeat_kv(value, module.num_key_value_groups)
-    scaling = kwargs.get("scaling", module.scaling)
+    key_states = adapter.repeat_kv(module, key)
+    value_states = adapter.repeat_kv(module, value)
+    scaling = kwargs.get("scaling", adapter.attention_scaling(module))
     scores = torch.matmul(query, key_states.transpose(2, 3)) * scaling
-    window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+    window = kwargs.get("sliding_window", adapter.layer_sliding_window(ctx.layer))
     scores = scores + _additive_mask(attention_mask, query, key_states, window)
     if "attn.hook_attn_scores" in sites:
         scores = sites["attn.hook_attn_scores"](scores)
@@ -210,36 +200,36 @@ def _lens_attention(module: nn.Module, query, key, value, attention_mask, **kwar
 def _register_attention_function() -> None:
     global _REGISTERED
     if not _REGISTERED:
-        from transformers import AttentionInterface
-
-        AttentionInterface.register(LENS_ATTN_IMPL, _lens_attention)
+        FamilyAdapter.register_attention_function(LENS_ATTN_IMPL, _lens_attention)
         _REGISTERED = True
 
 
 # --------------------------------------------------------------------------------------------- wiring
 class _Modules:
-    """Memoised module lookups through the family adapter (a ``get_submodule`` walk per hook per run
-    adds up); the HF module tree is not restructured while a model is wrapped."""
+    """Memoised module lookups through family-adapter accessors (a ``get_submodule`` walk per hook per
+    run adds up); the HF module tree is not restructured while a model is wrapped.
 
-    def __init__(self, adapter: FamilyAdapter):
-        self._adapter = adapter
+    ``mod(adapter.o_proj, 3)`` returns ``adapter.o_proj(3)``, looked up once.
+    """
+
+    def __init__(self) -> None:
         self._memo: dict[tuple, nn.Module] = {}
 
-    def __call__(self, role: str, *args: Any) -> nn.Module:
-        key = (role, *args)
+    def __call__(self, accessor: Callable[..., nn.Module], *args: Any) -> nn.Module:
+        key = (accessor, *args)  # bound methods hash by (adapter, function)
         module = self._memo.get(key)
         if module is None:
-            module = self._memo[key] = getattr(self._adapter, role)(*args)
+            module = self._memo[key] = accessor(*args)
         return module
 
 
 class Wiring:
     """Connects the hook points of one model to its HF modules (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, adapter: FamilyAdapter, hook_points: dict[str, HookPoint]):
+    def __init__(self, adapter: FamilyAdapter, hook_points: dict[str, HookPoint]):
         _register_attention_function()
-        self.model, self.adapter, self.hook_points = model, adapter, hook_points
-        self._mod = _Modules(adapter)
+        self.adapter, self.hook_points = adapter, hook_points
+        self._mod = _Modules()
         self._config_copies: dict[tuple, tuple[Any, Any]] = {}
         self._taps: dict[tuple[int, str], _Tap] = {}
         self._active: dict[str, list[Callable[[], None]]] = {}
@@ -254,10 +244,6 @@ class Wiring:
     @property
     def active_names(self) -> list[str]:
         return list(self._active)
-
-    @property
-    def n_torch_hooks(self) -> int:
-        return sum(t.handle is not None for t in self._taps.values())
 
     def _tap(self, module: nn.Module, kind: str, priority: int, cb: Callable) -> Callable[[], None]:
         key = (id(module), kind)
@@ -299,9 +285,16 @@ class Wiring:
     def engage(self) -> None:
         """Lens-owned clip_qkv (out of place, counted) while any hook is active or on request."""
         self._engaged += 1
-        if self._engaged == 1 and self.adapter.clip_qkv is not None:
-            for i in range(self.adapter.num_layers):
-                for which, proj in (("q", self._mod("q_proj", i)), ("k", self._mod("k_proj", i)), ("v", self._mod("v_proj", i))):
+        adapter = self.adapter
+        if self._engaged == 1 and adapter.clip_qkv is not None:
+            for i in range(adapter.num_layers):
+                projections = (
+                    ("q", adapter.q_proj),
+                    ("k", adapter.k_proj),
+                    ("v", adapter.v_proj),
+                )
+                for which, accessor in projections:
+                    proj = self._mod(accessor, i)
                     self._clip_removers.append(self._tap(proj, "post", 0, self._clamp_cb(i, which)))
                 self._refresh_attention(i)
 
@@ -321,51 +314,50 @@ class Wiring:
             counts = self._clip_counts.setdefault(layer, {})
             n = (output.abs() > clip).sum()
             counts[which] = counts[which] + n if which in counts else n
-            return torch.clamp(output, min=-clip, max=clip)  # out of place: backward hooks stay valid
+            return torch.clamp(
+                output, min=-clip, max=clip
+            )  # out of place: backward hooks stay valid
 
         return cb
 
     def _refresh_attention(self, i: int) -> None:
         """Give layer ``i``'s attention module the config it needs now (or its original back)."""
-        attn = self._mod("attention", i)
-        overrides: dict[str, Any] = {}
+        adapter = self.adapter
+        attn = self._mod(adapter.attention, i)
         sites = self._attn_sites.get(i)
-        if sites:
-            overrides["_attn_implementation_internal"] = LENS_ATTN_IMPL
-        if self._engaged and self.adapter.clip_qkv is not None:
-            overrides["clip_qkv"] = None
-        orig = self._orig_configs.get(i, attn.config)
-        if not overrides:
+        impl = LENS_ATTN_IMPL if sites else None
+        clip_off = bool(self._engaged) and adapter.clip_qkv is not None
+        orig = self._orig_configs.get(i, adapter.attention_config(attn))
+        if impl is None and not clip_off:
             if i in self._orig_configs:
-                attn.config = self._orig_configs.pop(i)
+                adapter.set_attention_config(attn, self._orig_configs.pop(i))
             _CONTEXTS.pop(attn, None)
             return
         self._orig_configs[i] = orig
         # One private copy per (layer, overrides), made once: copying an HF config is slow.
-        cache_key = (i, tuple(sorted(overrides.items())))
+        cache_key = (i, impl, clip_off)
         cached = self._config_copies.get(cache_key)
         if cached is None or cached[0] is not orig:
-            cfg = copy.copy(orig)
-            for key, value in overrides.items():
-                object.__setattr__(cfg, key, value)
+            cfg = adapter.attention_config_copy(
+                orig, attn_implementation=impl, disable_clip_qkv=clip_off
+            )
             cached = self._config_copies[cache_key] = (orig, cfg)
-        attn.config = cached[1]
+        adapter.set_attention_config(attn, cached[1])
         if sites:
-            base = getattr(orig, "_attn_implementation", None) or self.model.config._attn_implementation
-            _CONTEXTS[attn] = _AttnContext(base or "eager", sites)
+            _CONTEXTS[attn] = _AttnContext(adapter, i, adapter.attn_implementation(orig), sites)
         else:
             _CONTEXTS.pop(attn, None)
 
     # ------------------------------------------------------------------ sites
     def _wire(self, hp: HookPoint) -> list[Callable[[], None]]:
-        name, a = hp.name, self.adapter
+        name, adapter, mod = hp.name, self.adapter, self._mod
         if name == "hook_embed":
-            return [self._tap(self._mod("embed_tokens"), "post", 10, self._out_cb(hp))]
+            return [self._tap(mod(adapter.embed_tokens), "post", 10, self._out_cb(hp))]
         if name.startswith("ln_final."):
-            return [self._norm_site(hp, self._mod("final_norm"), name.endswith("hook_scale"))]
+            return [self._norm_site(hp, mod(adapter.final_norm), name.endswith("hook_scale"))]
         _, layer_s, short = name.split(".", 2)
         i = int(layer_s)
-        post = a.norm_placement == "post"
+        post = adapter.norm_placement == "post"
         if short in ATTENTION_SITES:
             self._attn_sites.setdefault(i, {})[short] = hp
             self._refresh_attention(i)
@@ -378,27 +370,33 @@ class Wiring:
 
             return [remove]
         if short == "hook_resid_pre":
-            return [self._tap(self._mod("layer", i), "pre", 10, self._in_cb(hp))]
+            return [self._tap(mod(adapter.layer, i), "pre", 10, self._in_cb(hp))]
         if short == "hook_resid_post":
-            return [self._tap(self._mod("layer", i), "post", 10, self._out_cb(hp))]
+            return [self._tap(mod(adapter.layer, i), "post", 10, self._out_cb(hp))]
         if short == "attn.hook_z":
-            return [self._tap(self._mod("o_proj", i), "pre", 10, self._heads_in_cb(hp))]
+            return [self._tap(mod(adapter.o_proj, i), "pre", 10, self._heads_in_cb(hp))]
         if short == "attn.hook_raw_out":
-            return [self._tap(self._mod("attention", i), "post", 10, self._out_cb(hp))]
+            return [self._tap(mod(adapter.attention, i), "post", 10, self._out_cb(hp))]
         if short == "mlp.hook_raw_out":
-            return [self._tap(self._mod("mlp", i), "post", 10, self._out_cb(hp))]
+            return [self._tap(mod(adapter.mlp, i), "post", 10, self._out_cb(hp))]
         if short == "mlp.hook_pre":
-            return [self._tap(self._mod("gate_proj", i), "post", 10, self._out_cb(hp))]
+            return [self._tap(mod(adapter.gate_proj, i), "post", 10, self._out_cb(hp))]
         if short == "mlp.hook_pre_linear":
-            return [self._tap(self._mod("up_proj", i), "post", 10, self._out_cb(hp))]
+            return [self._tap(mod(adapter.up_proj, i), "post", 10, self._out_cb(hp))]
         if short == "mlp.hook_post":
-            return [self._tap(self._mod("down_proj", i), "pre", 10, self._in_cb(hp))]
+            return [self._tap(mod(adapter.down_proj, i), "pre", 10, self._in_cb(hp))]
         if short == "hook_attn_out":
             if post:
-                return [self._tap(self._mod("norm", i, NormSite.ATTN_OUTPUT), "post", 10, self._out_cb(hp))]
-            return [self._tap(self._mod("attention", i), "post", 20, self._out_cb(hp))]
+                return [
+                    self._tap(
+                        mod(adapter.norm, i, NormSite.ATTN_OUTPUT), "post", 10, self._out_cb(hp)
+                    )
+                ]
+            return [self._tap(mod(adapter.attention, i), "post", 20, self._out_cb(hp))]
         if short == "hook_mlp_out":
-            return [self._tap(self._mlp_out_module(i), "post", 10 if post else 20, self._out_cb(hp))]
+            return [
+                self._tap(self._mlp_out_module(i), "post", 10 if post else 20, self._out_cb(hp))
+            ]
         if short == "hook_resid_mid":
             return self._resid_mid_site(hp, i)
         norm_sites = {
@@ -409,12 +407,15 @@ class Wiring:
         }
         ln, _, leaf = short.partition(".")
         if ln in norm_sites:
-            return [self._norm_site(hp, self._mod("norm", i, norm_sites[ln]), leaf == "hook_scale")]
+            return [self._norm_site(hp, mod(adapter.norm, i, norm_sites[ln]), leaf == "hook_scale")]
         raise OlmokitError(f"lens: no site for hook {name!r}")  # pragma: no cover
 
     def _mlp_out_module(self, i: int) -> nn.Module:
-        a = self.adapter
-        return self._mod("norm", i, NormSite.MLP_OUTPUT) if a.norm_placement == "post" else self._mod("mlp", i)
+        """The module whose output is what the MLP adds to the residual (post-norm: its norm)."""
+        adapter, mod = self.adapter, self._mod
+        if adapter.norm_placement == "post":
+            return mod(adapter.norm, i, NormSite.MLP_OUTPUT)
+        return mod(adapter.mlp, i)
 
     @staticmethod
     def _out_cb(hp: HookPoint) -> Callable:
@@ -458,13 +459,18 @@ class Wiring:
             new = hp(scale)
             if new is scale:
                 return None
-            return _with_out(output, apply_norm_with_scale(x, new, norm, adapter, out_dtype=_out(output).dtype))
+            return _with_out(
+                output, apply_norm_with_scale(x, new, norm, adapter, out_dtype=_out(output).dtype)
+            )
 
         return self._tap(norm, "post", 5, cb)
 
     def _resid_mid_site(self, hp: HookPoint, i: int) -> list[Callable[[], None]]:
-        a = self.adapter
-        mid_module = self._mod("mlp", i) if a.norm_placement == "post" else self._mod("norm", i, NormSite.MLP_INPUT)
+        adapter, mod = self.adapter, self._mod
+        if adapter.norm_placement == "post":
+            mid_module = mod(adapter.mlp, i)
+        else:
+            mid_module = mod(adapter.norm, i, NormSite.MLP_INPUT)
         state = self._mid_state
 
         def on_input(args, kwargs):
@@ -489,5 +495,5 @@ class Wiring:
         return [
             self._tap(mid_module, "pre", 10, on_input),
             self._tap(self._mlp_out_module(i), "post", 90, record_mlp_out),
-            self._tap(self._mod("layer", i), "post", 0, rebuild_block_out),
+            self._tap(mod(adapter.layer, i), "post", 0, rebuild_block_out),
         ]
