@@ -525,6 +525,33 @@ class FamilyAdapter:
     def rotary_emb(self) -> nn.Module:
         return self.get(self.boundary_path("rotary_emb"))
 
+    # ---------------------------------------------------------------- attention bias
+    @property
+    def attention_bias(self) -> bool:
+        """Whether the q/k/v/o projections carry a bias (all OLMo generations: one config switch)."""
+        return bool(getattr(self.config, "attention_bias", False))
+
+    def attention_projections(self, i: int) -> list[nn.Linear]:
+        """Layer ``i``'s q, k, v and o projections, in that order."""
+        return [self.q_proj(i), self.k_proj(i), self.v_proj(i), self.o_proj(i)]
+
+    @torch.no_grad()
+    def enable_attention_bias(self) -> None:
+        """Give every q/k/v/o projection of every layer a bias and set ``config.attention_bias``.
+
+        Stock OLMo configs can express an attention bias only for all four projections of all layers
+        at once, so projections without one get exact zeros: the model computes the same function and
+        its ``save_pretrained`` directory loads in stock ``from_pretrained`` with no missing keys.
+        """
+        for i in range(self.num_layers):
+            for lin in self.attention_projections(i):
+                if lin.bias is None:
+                    w = lin.weight
+                    lin.bias = nn.Parameter(
+                        torch.zeros(w.shape[0], dtype=w.dtype, device=w.device), requires_grad=False
+                    )
+        self.config.attention_bias = True
+
     # ---------------------------------------------------------------- HF runtime conventions
     # What code that hooks a running HF model (the lens) must know about transformers' internals:
     # call and return conventions of the modules, the attention-function registry, config fields
