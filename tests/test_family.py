@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 from olmokit.errors import FamilyError
-from olmokit.family import FAMILIES, NormSite, check_transformers_version, get_adapter, get_family
+from olmokit.family import (
+    FAMILIES,
+    FamilyAdapter,
+    NormSite,
+    check_transformers_version,
+    get_adapter,
+    get_family,
+)
 from olmokit.zoo.presets import make_config, random_model
 
 
@@ -85,9 +92,11 @@ def test_olmo3_sliding_window_layers():
     for i in range(4):
         expected = 8 if i < 3 else None
         assert a.attention(i).sliding_window == expected
+        assert a.layer_sliding_window(i) == expected
     for mt in ("olmo", "olmo2"):
         b = get_adapter(random_model(mt, "tiny"))
         assert b.sliding_window is None and b.sliding_layers() == []
+        assert [b.layer_sliding_window(i) for i in range(b.num_layers)] == [None] * b.num_layers
 
 
 def _capture(module, store, key, use_input):
@@ -184,3 +193,69 @@ def test_describe_is_json_safe(tiny_model):
     json.dumps(info)
     assert info["parameters"] == sum(p.numel() for p in tiny_model.parameters())
     assert info["heads"] == 4 and info["kv_heads"] == 2
+
+
+# ------------------------------------------------------------------ HF runtime conventions (lens)
+def test_norm_eps_v1_is_fixed_v2_reads_the_module():
+    """HF's OlmoLayerNorm ignores the config's eps (hard-coded 1e-5); RMSNorm keeps its own."""
+    v1 = get_adapter(random_model("olmo", "tiny"))
+    assert v1.norm_eps(v1.final_norm()) == 1e-5
+    assert {v1.norm_eps(m) for m in v1.norms(0).values()} == {1e-5}
+    model = random_model("olmo2", "tiny")
+    model.config.rms_norm_eps = 0.5  # the modules were built with the config's value ...
+    a = get_adapter(model)
+    expected = make_config("olmo2", "tiny").rms_norm_eps  # ... so they keep it
+    assert a.norm_eps(a.final_norm()) == expected
+    assert {a.norm_eps(m) for m in [*a.norms(1).values(), a.q_norm(1), a.k_norm(1)]} == {expected}
+
+
+def test_module_input_and_output_conventions():
+    a = FamilyAdapter
+    x, y = torch.zeros(1), torch.ones(1)
+    assert a.module_input((x, 3), {}) is x
+    assert a.module_input((), {"hidden_states": x}) is x
+    args, kwargs = a.replace_module_input((x, 3), {"k": 1}, y)
+    assert args[0] is y and args[1] == 3 and kwargs == {"k": 1}
+    args, kwargs = a.replace_module_input((), {"hidden_states": x, "k": 1}, y)
+    assert args == () and kwargs["hidden_states"] is y and kwargs["k"] == 1
+    with pytest.raises(FamilyError, match="tensor input"):
+        a.module_input((), {"other": x})
+    assert a.module_output(x) is x and a.module_output((x, None)) is x
+    assert a.replace_module_output(x, y) is y
+    out = a.replace_module_output((x, "weights"), y)
+    assert out[0] is y and out[1] == "weights"
+
+
+def test_attention_config_copy_leaves_the_original_alone():
+    model = random_model("olmo", "tiny", clip_qkv=2.0)
+    a = get_adapter(model)
+    attn = a.attention(0)
+    orig = a.attention_config(attn)
+    base = a.attn_implementation(orig)
+    assert base == model.config._attn_implementation and base in ("sdpa", "eager")
+    cfg = a.attention_config_copy(orig, attn_implementation="eager_copy", disable_clip_qkv=True)
+    assert cfg is not orig and cfg._attn_implementation == "eager_copy" and cfg.clip_qkv is None
+    assert orig._attn_implementation == base and orig.clip_qkv == 2.0
+    a.set_attention_config(attn, cfg)
+    assert attn.config is cfg
+    a.set_attention_config(attn, orig)
+    assert a.attn_implementation(None) == base
+
+
+def test_attention_function_helpers_match_hf():
+    import sys
+
+    model = random_model("olmo2", "tiny")
+    a = get_adapter(model)
+    attn = a.attention(0)
+    modeling = sys.modules[type(attn).__module__]
+    assert a.eager_attention_function(attn) is modeling.eager_attention_forward
+    assert a.attention_function(attn, "eager") is modeling.eager_attention_forward
+    assert a.attention_scaling(attn) == a.head_dim**-0.5
+    kv = torch.randn(1, a.num_kv_heads, 5, a.head_dim)
+    full = a.repeat_kv(attn, kv)
+    assert full.shape == (1, a.num_heads, 5, a.head_dim)
+    torch.testing.assert_close(
+        full[:, 1], kv[:, 0], rtol=0, atol=0
+    )  # group size 2: heads 0, 1 share
+    torch.testing.assert_close(full[:, 2], kv[:, 1], rtol=0, atol=0)
