@@ -6,11 +6,17 @@ command line, and write themselves back to YAML atomically next to a run's outpu
 
 Artifacts written by a newer olmokit (saved adapter configs, reports) should be read with
 ``strict=False``: unknown keys are then dropped with a warning instead of failing.
+
+Bad input never escapes as a raw exception: broken YAML (file, line and column), bytes that are not
+UTF-8, absurd nesting, integers too long for Python to convert, non-string keys and non-finite floats
+(``.nan``, ``.inf``: no olmokit setting means them, and they would only fail later, e.g. when a run's
+JSON is written) all become a :class:`~olmokit.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
 import os
+import reprlib
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,22 +26,105 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
-from .files import atomic_write_text
+from .files import atomic_write_text, read_text
 
-__all__ = ["OlmokitConfig", "apply_overrides", "read_yaml"]
+__all__ = ["OlmokitConfig", "apply_overrides", "read_yaml", "parse_yaml"]
 
 C = TypeVar("C", bound="OlmokitConfig")
 
+#: Deepest nesting a config may have; real configs use 2-3 levels, and deeper input is refused before
+#: it can exhaust the interpreter's recursion limit in a later ``deepcopy``/dump.
+MAX_DEPTH = 32
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses nesting deeper than :data:`MAX_DEPTH` while composing (before
+    PyYAML's scanner, quadratic in the depth, or the recursion limit is reached), and whose value
+    errors (an integer over Python's int-to-str digit limit, a date like 2024-13-45) carry the node's
+    line and column like every other YAML error."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"invalid value: {exc}", node.start_mark
+            ) from None
+
+
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    """Whether ``data`` nests containers deeper than ``limit``. Iterative, and each container is
+    visited once, so YAML aliases (shared or even cyclic references) cannot make it explode."""
+    stack = [(data, 1)]
+    seen: set[int] = set()
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list, tuple)):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+        if isinstance(node, dict):
+            children = list(node.values())
+        elif isinstance(node, (list, tuple)):
+            children = list(node)
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _yaml_error_text(exc: yaml.YAMLError, text: str) -> str:
+    """``line:column: problem`` for a YAML error (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+        return f"{mark.line + 1}:{mark.column + 1}: {problem}"
+    position = getattr(exc, "position", None)  # ReaderError: a character YAML does not allow
+    if position is not None:
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        return f"{line}:{column}: {getattr(exc, 'reason', exc)}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML text safely; every failure is a :class:`ConfigError` starting ``where:line:col``."""
+    try:
+        data = yaml.load(text, Loader=_SafeLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}:{_yaml_error_text(exc, text)} (invalid YAML)") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply (invalid YAML)") from None
+    if _depth_exceeds(data, MAX_DEPTH):
+        raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    return data
+
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping, turning every failure into a :class:`ConfigError` that names the file."""
+    """Read a YAML mapping, turning every failure into a :class:`ConfigError` that names the file
+    (and, for malformed YAML, the line and column)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+    data = parse_yaml(read_text(p, ConfigError), str(p))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -52,13 +141,14 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         keys = [k for k in dotted.strip().split(".") if k]
         if not keys:
             raise ConfigError(f"override {item!r} has an empty key")
+        value = parse_yaml(raw, f"override {item!r}") if raw.strip() else None
         node = data
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {key!r} is not a section")
             node = child
-        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        node[keys[-1]] = value
     return data
 
 
@@ -91,6 +181,18 @@ def _valid_keys(cls: type[BaseModel]) -> list[str]:
     return sorted(field.alias or name for name, field in cls.model_fields.items())
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr`` for error messages: bounded in size and depth (a YAML alias bomb stays small), and
+    safe for integers Python refuses to print."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, limit, limit
+    try:
+        text = short.repr(value)
+    except ValueError:  # an int beyond sys.get_int_max_str_digits()
+        return "<an integer too long to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _format_validation_error(cls: type[BaseModel], exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
@@ -101,7 +203,7 @@ def _format_validation_error(cls: type[BaseModel], exc: ValidationError, source:
             valid = ", ".join(_valid_keys(owner)) if owner else "?"
             lines.append(f"unknown key '{where}'; valid keys here: {valid}")
         else:
-            lines.append(f"{where}: {err.get('msg')} (got {err.get('input')!r})")
+            lines.append(f"{where}: {err.get('msg')} (got {_short_repr(err.get('input'))})")
     prefix = f"{source}: " if source else ""
     return prefix + "invalid config: " + "; ".join(lines)
 
@@ -115,6 +217,9 @@ class OlmokitConfig(BaseModel):
         populate_by_name=True,
         protected_namespaces=(),
         use_enum_values=True,
+        # NaN/inf are never a meaningful setting and break strict JSON outputs later; applies to every
+        # float a config holds, nested ones (tuple[float, ...], dict[str, float], sub-configs) too.
+        allow_inf_nan=False,
     )
 
     @classmethod
@@ -122,7 +227,12 @@ class OlmokitConfig(BaseModel):
         cls: type[C], data: Mapping[str, Any] | None, *, source: str = "", strict: bool = True
     ) -> C:
         """Validate a mapping. ``strict=False`` drops unknown keys with a warning (for saved artifacts)."""
+        where = f"{source}: " if source else ""
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError(f"{where}a config must be a mapping, got {type(data).__name__}")
         data = dict(data or {})
+        if _depth_exceeds(data, MAX_DEPTH):
+            raise ConfigError(f"{where}nested deeper than {MAX_DEPTH} levels")
         if not strict:
             data = cls._drop_unknown(data, source)
         try:
@@ -133,7 +243,7 @@ class OlmokitConfig(BaseModel):
     @classmethod
     def _drop_unknown(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
         valid = set(_valid_keys(cls)) | set(cls.model_fields)
-        unknown = sorted(set(data) - valid)
+        unknown = sorted((k for k in data if k not in valid), key=str)  # keys may mix types
         if unknown:
             warnings.warn(
                 f"{source or cls.__name__}: ignoring unknown keys {unknown} (written by a newer olmokit?)",

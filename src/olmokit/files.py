@@ -1,7 +1,13 @@
-"""Atomic file writing: a killed run never leaves a half-written report, config or tensor file.
+"""Atomic file writing, and reading text files with errors that name the file.
 
-Everything is written to a temporary file in the destination directory and then renamed over the target
-(``os.replace`` is atomic on POSIX and Windows when both paths are on one filesystem).
+A killed run never leaves a half-written report, config or tensor file: everything is written to a
+temporary file in the destination directory, flushed to disk (``fsync``) and then renamed over the target
+(``os.replace`` is atomic on POSIX and Windows when both paths are on one filesystem); the directory is
+synced too, so the rename itself survives a power cut.
+
+Temporary files and directories are created with mode ``0o666`` / ``0o777`` and the kernel applies the
+process umask, so outputs get the permissions a plain ``open()`` would give them without ever calling
+``os.umask`` (which changes process-wide state and is not thread-safe).
 """
 
 from __future__ import annotations
@@ -10,12 +16,13 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .errors import OlmokitError
 
 __all__ = [
     "atomic_path",
@@ -24,31 +31,85 @@ __all__ = [
     "atomic_save_safetensors",
     "atomic_directory",
     "load_safetensors",
+    "read_text",
 ]
 
+#: Characters of the target's name kept in a temporary name (keeps it under NAME_MAX).
+_TMP_NAME_CHARS = 100
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+
+def _tmp_name(target: Path, suffix: str) -> Path:
+    return target.with_name(f".{target.name[:_TMP_NAME_CHARS]}.{os.urandom(4).hex()}{suffix}")
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a file's data to disk (opened read-write: Windows refuses to fsync a read-only handle)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a directory's entries (a rename into it); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # Windows
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not sync directories
+    finally:
+        os.close(fd)
+
+
+def _create_tmp_file(target: Path) -> Path:
+    while True:
+        tmp = _tmp_name(target, ".tmp")
+        try:
+            # 0o666 & ~umask, applied by the kernel: the mode a plain open() would give.
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``, else delete it."""
+    """Yield a temporary path next to ``path``; on success sync and rename it onto ``path``, else
+    delete it. The caller writes the temporary path by name (any library's ``save(path)`` works)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_tmp_file(target)
     try:
         yield tmp_path
-        # mkstemp creates 0600; give the file the permissions a plain open() would have.
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        _fsync_path(tmp_path)
         os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def read_text(path: str | os.PathLike[str], error: type[OlmokitError] = OlmokitError) -> str:
+    """Read a UTF-8 text file; a missing, unreadable or non-UTF-8 file raises ``error`` naming the file
+    (and, for bad bytes, the line and column), never a raw ``UnicodeDecodeError``/``OSError``."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise error(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise error(
+            f"{p}:{line}:{column}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -96,10 +157,19 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = True) -> It
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    while True:
+        tmp = _tmp_name(target, ".tmp")
+        try:
+            os.mkdir(tmp, 0o777)  # the kernel applies the umask
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+        for child in sorted(tmp.rglob("*")):
+            if child.is_file() and not child.is_symlink():
+                _fsync_path(child)
+        _fsync_dir(tmp)
         if target.exists():
             backup = target.with_name(f".{target.name}.old")
             if backup.exists():
@@ -109,6 +179,7 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = True) -> It
             shutil.rmtree(backup)
         else:
             os.replace(tmp, target)
+        _fsync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
