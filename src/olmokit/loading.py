@@ -27,6 +27,7 @@ __all__ = [
     "load_model_and_tokenizer",
     "save_model",
     "resolve_dtype",
+    "resolve_device",
 ]
 
 _DTYPES = {
@@ -37,6 +38,18 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+
+def resolve_device(device: str | torch.device | None) -> str | torch.device | None:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; a CUDA device on a machine
+    without one is a :class:`ConfigError` (rather than torch's error deep inside ``.to()``)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} requested but CUDA is not available; use device: cpu or auto"
+        )
+    return device
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
