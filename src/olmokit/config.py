@@ -141,7 +141,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         keys = [k for k in dotted.strip().split(".") if k]
         if not keys:
             raise ConfigError(f"override {item!r} has an empty key")
-        value = parse_yaml(raw, f"override {item!r}") if raw.strip() else None
+        value = parse_yaml(raw, f"override {_short_repr(item)}") if raw.strip() else None
         node = data
         for key in keys[:-1]:
             child = node.setdefault(key, {})

@@ -7,19 +7,24 @@ file, the line and what is wrong, so a user can open the file and fix it. Accept
 * prompt/completion: ``{"prompt": str, "completion": str}``
 * text: ``{"text": str}``
 
-A ``.json`` file holds a list of records; a ``.jsonl`` file one record per line (blank lines skipped).
+A ``.json`` file holds a list of records (nothing may follow it); a ``.jsonl`` file one record per
+line (blank lines skipped). Lines end at ``\n`` only: JSON strings may contain U+2028 and other
+characters ``str.splitlines`` would split at. A file that is not UTF-8, nests absurdly deep or holds an
+integer too long for Python is a :class:`~olmokit.errors.DataError` at its line, like any other bad row.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import DataError
+from ..files import read_text
 
 __all__ = ["Record", "read_records", "RECORD_KINDS", "VALID_ROLES"]
 
@@ -77,41 +82,73 @@ def _classify(obj: Any, where: str) -> Record:
     )
 
 
+_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _decode(text: str, idx: int, path: str, line: int, first_line: int = 1) -> tuple[Any, int]:
+    """``raw_decode`` of the value at ``text[idx:]`` (which starts on ``line``; ``text`` itself starts
+    on ``first_line``), every failure a :class:`DataError` naming the file and line."""
+    try:
+        return _DECODER.raw_decode(text, idx)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{first_line + exc.lineno - 1}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise DataError(f"{path}:{line}: invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer over sys.get_int_max_str_digits()
+        raise DataError(f"{path}:{line}: invalid JSON: {exc}") from None
+
+
+class _LineCounter:
+    """Line numbers of increasing offsets into ``text`` in linear total time (each ``\n`` is counted
+    once; counting from the start for every record made the ``.json`` reader quadratic)."""
+
+    def __init__(self, text: str):
+        self.text, self.pos, self.line = text, 0, 1
+
+    def __call__(self, idx: int) -> int:
+        self.line += self.text.count("\n", self.pos, idx)
+        self.pos = idx
+        return self.line
+
+
 def _iter_json_array(text: str, path: str) -> Iterator[tuple[Any, int]]:
     """Yield ``(element, line)`` from a JSON array, tracking each element's starting line."""
-    decoder = json.JSONDecoder()
-    idx = 0
     n = len(text)
+    line_of = _LineCounter(text)
 
     def skip_ws(i: int) -> int:
-        while i < n and text[i] in " \t\r\n":
-            i += 1
-        return i
+        return _WHITESPACE.match(text, i).end()
 
-    def line_of(i: int) -> int:
-        return text.count("\n", 0, i) + 1
-
-    idx = skip_ws(idx)
+    idx = skip_ws(0)
     if idx >= n or text[idx] != "[":
         raise DataError(
             f"{path}:{line_of(idx)}: a .json dataset must be a list of records (use .jsonl for one per line)"
         )
     idx = skip_ws(idx + 1)
     if idx < n and text[idx] == "]":
-        return
-    while True:
-        try:
-            obj, end = decoder.raw_decode(text, idx)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-        yield obj, line_of(idx)
-        idx = skip_ws(end)
-        if idx < n and text[idx] == ",":
-            idx = skip_ws(idx + 1)
-            continue
-        if idx < n and text[idx] == "]":
-            return
-        raise DataError(f"{path}:{line_of(idx)}: expected ',' or ']' in the record list")
+        end_of_list = idx + 1
+    else:
+        while True:
+            line = line_of(idx)
+            if idx >= n:
+                raise DataError(f"{path}:{line}: the record list is not closed with ']'")
+            obj, end = _decode(text, idx, path, line)
+            yield obj, line
+            idx = skip_ws(end)
+            if idx < n and text[idx] == ",":
+                idx = skip_ws(idx + 1)
+                continue
+            if idx < n and text[idx] == "]":
+                end_of_list = idx + 1
+                break
+            raise DataError(f"{path}:{line_of(idx)}: expected ',' or ']' in the record list")
+    tail = skip_ws(end_of_list)
+    if tail < n:
+        raise DataError(
+            f"{path}:{line_of(tail)}: unexpected text after the record list (a .json dataset is one "
+            "list; use .jsonl for one record per line)"
+        )
 
 
 def read_records(path: str | os.PathLike[str], kind: str | None = None) -> list[Record]:
@@ -121,22 +158,22 @@ def read_records(path: str | os.PathLike[str], kind: str | None = None) -> list[
         raise DataError(f"unknown record kind {kind!r}; valid: {', '.join(RECORD_KINDS)}")
     if not p.is_file():
         raise DataError(f"{p}: dataset file not found")
-    text = p.read_text(encoding="utf-8")
+    if p.suffix not in (".json", ".jsonl"):
+        raise DataError(f"{p}: unsupported dataset extension {p.suffix!r}; use .json or .jsonl")
+    text = read_text(p, DataError)
     records: list[Record] = []
     if p.suffix == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if not line.strip(" \t\r"):
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{p}:{lineno}: invalid JSON: {exc.msg}") from None
-            records.append(_classify(obj, f"{p}:{lineno}"))
-    elif p.suffix == ".json":
+            where = f"{p}:{lineno}"
+            obj, end = _decode(line, _WHITESPACE.match(line).end(), str(p), lineno, lineno)
+            if line[end:].strip(" \t\r"):
+                raise DataError(f"{where}: invalid JSON: extra data after the record")
+            records.append(_classify(obj, where))
+    else:
         for obj, lineno in _iter_json_array(text, str(p)):
             records.append(_classify(obj, f"{p}:{lineno}"))
-    else:
-        raise DataError(f"{p}: unsupported dataset extension {p.suffix!r}; use .json or .jsonl")
     if not records:
         raise DataError(f"{p}: dataset is empty")
     if kind is not None:
