@@ -64,7 +64,7 @@ def test_unsupported_family_is_refused_before_loading_weights(tmp_path):
 
 
 def test_unresolvable_name_points_to_local_paths_and_zoo():
-    with pytest.raises(CheckpointError, match="zoo model: olmo2-stdlib"):
+    with pytest.raises(CheckpointError, match="zoo models: olmo2-stdlib"):
         load_model("no/such/model/anywhere")
 
 

@@ -4,11 +4,19 @@
 name (``olmo2-stdlib``, ``olmo3-tiny-random``; ``zoo:`` prefix optional). ``None`` means the shipped
 default. The family is checked from the config *before* any weights are read, and a checkpoint that
 leaves tensors newly initialised is refused. ``trust_remote_code`` stays off unless asked for.
+
+A name is resolved once, in that order: an existing directory wins; then a zoo name; then a valid hub
+id. Anything else (``./missing/dir``, ``/abs/missing``, ``a/b/c``, ``zoo:nope``, a 5,000-character
+string) is refused with one message listing the zoo models, before ``transformers`` or the hub sees it.
+A local ``config.json`` that is not UTF-8, not JSON, not an object or has mistyped fields is a
+:class:`~olmokit.errors.CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +25,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError
 from .family import FamilyAdapter, get_adapter
-from .files import atomic_directory
+from .files import atomic_directory, read_text
 from .zoo.presets import random_model
 from .zoo.registry import DEFAULT_MODEL, ZOO, ZooEntry, is_zoo_name, shipped_path, zoo_entry
 
@@ -71,16 +79,114 @@ def _offline_hint(name: str, exc: Exception) -> CheckpointError:
     )
 
 
-def _zoo(name: str) -> ZooEntry | None:
-    """The zoo entry ``name`` refers to, or ``None`` for paths and hub ids (an existing path wins)."""
-    if Path(name).exists() or not is_zoo_name(name):
-        return None
-    return zoo_entry(name)
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """What ``from_pretrained`` raises when a config's *content* is wrong (a string where an int
+    belongs, a number where a list does), besides the usual ``OSError``/``ValueError``."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    return (
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        RecursionError,
+        StrictDataclassError,
+    )
 
 
-def _source(name: str, entry: ZooEntry | None) -> str:
-    """What ``from_pretrained`` should read: a shipped zoo model's directory, else ``name`` itself."""
-    return str(shipped_path(entry.name)) if entry is not None and entry.kind == "shipped" else name
+@dataclass(frozen=True)
+class _Source:
+    """A resolved model name: what ``from_pretrained`` reads, and the zoo entry if it is one."""
+
+    name: str  #: as the user gave it
+    location: str  #: a directory or a hub id
+    local: bool
+    entry: ZooEntry | None = None
+
+
+def _is_dir(name: str) -> bool:
+    try:
+        return Path(name).is_dir()
+    except (OSError, ValueError):  # a name too long for the filesystem, an embedded NUL
+        return False
+
+
+def _exists(name: str) -> bool:
+    try:
+        return Path(name).exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_hub_id(name: str) -> bool:
+    """A syntactically valid hub repo id that does not read as a filesystem path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith(("/", "./", "../", "~", "\\")) or name in (".", ".."):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _unresolvable(name: str) -> CheckpointError:
+    shown = name if len(name) <= 120 else name[:117] + "..."
+    return CheckpointError(
+        f"{shown!r} is neither an existing model directory, a zoo model nor a valid Hugging Face hub "
+        f"id ('namespace/name'); zoo models: {', '.join(ZOO)}"
+    )
+
+
+def _resolve(name: str) -> _Source:
+    """Decide once what ``name`` is (see the module docstring for the order)."""
+    if _is_dir(name):
+        return _Source(name, name, local=True)
+    if _exists(name):
+        raise CheckpointError(f"{name}: is a file; pass the model's directory (with config.json)")
+    if name.startswith("zoo:") or is_zoo_name(name):
+        entry = zoo_entry(name)  # "zoo:nope" -> "no zoo model ...; available: ..."
+        if entry.kind == "shipped":
+            return _Source(name, str(shipped_path(entry.name)), local=True, entry=entry)
+        return _Source(name, name, local=False, entry=entry)
+    if _is_hub_id(name):
+        return _Source(name, name, local=False)
+    raise _unresolvable(name)
+
+
+def _check_local_config(directory: str) -> None:
+    """Validate a local ``config.json`` enough that ``transformers`` gets an object with a string
+    ``model_type`` (on anything else it raises raw ``TypeError`` exceptions)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory}: no config.json; pass a directory written by save_pretrained"
+        )
+    text = read_text(path, CheckpointError)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # over-long integers, absurd nesting
+        raise CheckpointError(f"{path}: invalid JSON: {exc.__class__.__name__}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    if not isinstance(data.get("model_type"), str):
+        raise CheckpointError(
+            f"{path}: 'model_type' must be a string such as 'olmo2', got {data.get('model_type')!r:.60}"
+        )
+
+
+def _load_error(source: _Source, exc: BaseException, file: str = "") -> CheckpointError:
+    """A user's local directory is named (with ``file`` inside it when that is what failed); zoo
+    models and hub ids get the offline hint."""
+    if source.local and source.entry is None:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        where = Path(source.location) / file if file else Path(source.location)
+        return CheckpointError(f"{where}: cannot load: {exc.__class__.__name__}: {first[:300]}")
+    return _offline_hint(source.name, exc)
 
 
 def load_model(
@@ -99,7 +205,8 @@ def load_model(
 
     torch_dtype = resolve_dtype(dtype)
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
-    entry = _zoo(name)
+    source = _resolve(name)
+    entry = source.entry
     if entry is not None and entry.kind == "random":
         model = random_model(
             entry.model_type,
@@ -112,13 +219,14 @@ def load_model(
         model.config._name_or_path = f"zoo:{entry.name}"
         return model.to(device) if device is not None else model
 
-    source = _source(name, entry)
+    if source.local:
+        _check_local_config(source.location)
     try:
         config = AutoConfig.from_pretrained(
-            source, revision=revision, trust_remote_code=trust_remote_code
+            source.location, revision=revision, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as exc:
-        raise _offline_hint(name, exc) from exc
+    except _config_errors() as exc:
+        raise _load_error(source, exc, "config.json") from exc
     FamilyAdapter.for_config(config)  # family + transformers-version gate before reading weights
     load_kwargs: dict[str, Any] = dict(
         config=config,
@@ -131,9 +239,9 @@ def load_model(
         load_kwargs["attn_implementation"] = attn_implementation
     load_kwargs.update(kwargs)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(source.location, **load_kwargs)
     except OSError as exc:
-        raise _offline_hint(name, exc) from exc
+        raise _load_error(source, exc) from exc
     missing = list(info.get("missing_keys", []))
     if missing and not allow_missing:
         raise CheckpointError(
@@ -162,17 +270,18 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     name = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
-    entry = _zoo(name)
-    if entry is not None and entry.kind == "random":
-        source = str(shipped_path(DEFAULT_MODEL))  # random zoo models share the default's tokenizer
-    else:
-        source = _source(name, entry)
+    source = _resolve(name)
+    if source.entry is not None and source.entry.kind == "random":
+        # random zoo models share the default's tokenizer
+        source = _Source(name, str(shipped_path(DEFAULT_MODEL)), local=True, entry=source.entry)
+    if source.local:
+        _check_local_config(source.location)
     try:
         tok = AutoTokenizer.from_pretrained(
-            source, revision=revision, trust_remote_code=trust_remote_code
+            source.location, revision=revision, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as exc:
-        raise _offline_hint(name, exc) from exc
+    except _config_errors() as exc:
+        raise _load_error(source, exc) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -54,7 +54,8 @@ def test_info_table(capsys):
 def test_errors_are_one_line_with_exit_code_2(capsys):
     assert main(["info", "no/such/model/anywhere"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("olmokit: error: could not load") and err.count("\n") == 1
+    assert err.startswith("olmokit: error: 'no/such/model/anywhere' is neither an existing")
+    assert err.count("\n") == 1 and "zoo models: olmo2-stdlib" in err
 
 
 def test_zoo_list(capsys):
