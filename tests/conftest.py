@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from common import FAMILIES, SEED, family_case, family_model
 
-FAMILIES = ["olmo", "olmo2", "olmo3"]
+__all__ = ["family_case", "family_model"]  # fixtures from the shared matrix (tests/common.py)
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
-    torch.manual_seed(42)
+    torch.manual_seed(SEED)
     yield
 
 
