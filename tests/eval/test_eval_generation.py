@@ -1,0 +1,78 @@
+"""greedy_generate (batched, left-padded, KV cache) = decoding each prompt alone without a cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from common import family_params, random_tokens
+from eval_reference import BigramLM, greedy64, probs_table
+
+from olmokit.eval import greedy_generate
+
+#: p_max per step, float32 softmax after batched cached steps vs float64 softmax of a fresh full
+#: forward: both within a few float32 ulps of the same logits; 1e-5 on a probability fails on a
+#: wrong step (a different token or position changes p by >1e-3 here).
+ATOL = 1e-5
+
+
+@pytest.mark.parametrize("case", family_params(trained=None))
+def test_cached_batch_equals_no_cache_loop(case):
+    """Prompts of different lengths (left padding) and 12 steps: past OLMo-3 tiny's window of 8."""
+    model = case.load()
+    prompts = [
+        t[:n].tolist() for t, n in zip(random_tokens(3, 9, model.config.vocab_size), (9, 4, 1))
+    ]
+    got = greedy_generate(model, prompts, max_new_tokens=12)
+    for i, prompt in enumerate(prompts):
+        tokens, probs, stopped = greedy64(model, prompt, 12)
+        assert got.tokens[i] == tokens, f"prompt {i}"
+        torch.testing.assert_close(
+            torch.tensor(got.max_probs[i], dtype=torch.float64),
+            torch.tensor(probs, dtype=torch.float64),
+            rtol=0,
+            atol=ATOL,
+        )
+        assert got.stopped[i] is stopped is False
+
+
+def test_stops_per_row_on_stop_ids_trained():
+    """A trained model with its own first generated token as a stop id: that row stops at once, the
+    others run on exactly as the no-cache loop with the same stop set."""
+    from olmokit.loading import load_model
+
+    model = load_model("olmo2-stdlib")
+    prompts = [t.tolist() for t in random_tokens(3, 6, model.config.vocab_size)]
+    free = greedy_generate(model, prompts, 6)
+    stop = [free.tokens[0][0]]
+    got = greedy_generate(model, prompts, 6, stop_ids=stop)
+    assert got.tokens[0] == [] and got.stopped[0] and len(got.max_probs[0]) == 1
+    for i, prompt in enumerate(prompts):
+        tokens, probs, stopped = greedy64(model, prompt, 6, stop)
+        assert (got.tokens[i], got.stopped[i]) == (tokens, stopped)
+        assert len(got.max_probs[i]) == len(probs)
+
+
+def test_known_chain_on_a_bigram_model():
+    # 0 -> 1 (p .7), 1 -> 2 (p .6), 2 -> 1 (p .9), 3 (eos) -> 0
+    table = probs_table(
+        [[0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.6, 0.2], [0.05, 0.9, 0.0, 0.05], [1.0, 0.0, 0.0, 0.0]]
+    )
+    model = BigramLM(table)
+    got = greedy_generate(model, [[0], [2, 2, 1]], max_new_tokens=4, stop_ids=[3], pad_token_id=3)
+    assert got.tokens == [[1, 2, 1, 2], [2, 1, 2, 1]]
+    torch.testing.assert_close(
+        torch.tensor(got.max_probs), torch.tensor([[0.7, 0.6, 0.9, 0.6], [0.6, 0.9, 0.6, 0.9]])
+    )
+    assert got.stopped == [False, False]
+
+
+def test_empty_prompt_and_zero_steps(tiny_model):
+    with pytest.raises(ValueError, match="empty prompt"):
+        greedy_generate(tiny_model, [[5], []], 3)
+    assert greedy_generate(tiny_model, [[5, 6]], 0).tokens == [[]]
+
+
+def test_restores_training_mode(tiny_model):
+    tiny_model.train()
+    greedy_generate(tiny_model, [[5, 6]], 2)
+    assert tiny_model.training
