@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..eval.nll import token_nll
 from .hooked import HookedOlmo
 
 __all__ = [
@@ -121,7 +122,7 @@ def induction_score(
     tokens = repeated_tokens(vocab, seq_len, batch, seed, low=4 if low is None else low).to(model._device())
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
     n_layers = model.adapter.num_layers
-    nll = -torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tokens[:, 1:, None])[..., 0]
+    nll = token_nll(logits, tokens)  # [batch, 2 * seq_len - 1]
     copy_gain = float(nll[:, : seq_len - 1].mean() - nll[:, seq_len:].mean())
     scores = torch.stack(
         [

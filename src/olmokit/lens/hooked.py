@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..eval.nll import mean_nll
 from ..family import FamilyAdapter, get_adapter
 from .cache import ActivationCache
 from .hook_points import HookFn, HookPoint, LensHandle, NamesFilter, make_names_filter
@@ -183,8 +184,7 @@ class HookedOlmo(nn.Module):
         if return_type == "logits":
             return logits
         if return_type == "loss":
-            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            return -logprobs.gather(-1, tokens[:, 1:, None]).mean()
+            return mean_nll(logits, tokens)
         if return_type is None:
             return None
         raise ValueError(f"return_type must be 'logits', 'loss' or None, got {return_type!r}")
@@ -323,5 +323,4 @@ class HookedOlmo(nn.Module):
 
     @staticmethod
     def _loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        return -logprobs.gather(-1, tokens[:, 1:, None]).mean()
+        return mean_nll(logits, tokens)

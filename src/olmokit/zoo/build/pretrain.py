@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ...data.stdlib import Document
+from ...eval.nll import sequence_nll
 from ..presets import EOS_ID
 
 __all__ = [
@@ -106,19 +107,16 @@ def pretrain(
 def heldout_loss(
     model: torch.nn.Module, data: BlockDataset, batch_size: int = 16, max_blocks: int = 400
 ) -> float:
-    """Mean next-token cross-entropy (nats/token) over up to ``max_blocks`` held-out blocks."""
-    model.eval()
-    device = next(model.parameters()).device
+    """Mean next-token cross-entropy (nats/token) over up to ``max_blocks`` held-out blocks.
+
+    Scored by :func:`olmokit.eval.sequence_nll` (eval mode, float32 log-softmax, mode restored).
+    """
     blocks = data.blocks[:max_blocks]
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        ids = blocks[start : start + batch_size].to(device)
-        logits = model(input_ids=ids).logits.float()
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-        )
-        total += float(loss)
-        count += ids[:, 1:].numel()
+        nll = sequence_nll(model, blocks[start : start + batch_size])
+        total += float(nll.sum())
+        count += nll.numel()
     return total / count
 
 
