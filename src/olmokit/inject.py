@@ -429,6 +429,11 @@ class AdapterFormat:
     weights_file: str  #: safetensors file name
     config_file: str  #: JSON file name (written last: its presence means the adapter is complete)
     min_version: int = 1
+    label: str = ""  #: how messages name it ("JoLA"); default: ``name``
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
 
 
 def save_adapter(
@@ -471,7 +476,7 @@ def read_adapter(
     cfg_path, w_path = d / fmt.config_file, d / fmt.weights_file
     if not cfg_path.is_file() or not w_path.is_file():
         raise CheckpointError(
-            f"{d} is not a {fmt.name} adapter (needs {fmt.config_file} and {fmt.weights_file})"
+            f"{d} is not a {fmt.title} adapter (needs {fmt.config_file} and {fmt.weights_file})"
         )
     try:
         meta = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -479,7 +484,7 @@ def read_adapter(
         raise CheckpointError(f"{cfg_path}: invalid JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != fmt.name:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{cfg_path}: not a {fmt.name} adapter (format {got!r})")
+        raise CheckpointError(f"{cfg_path}: not a {fmt.title} adapter (format {got!r})")
     version = meta.get("format_version", 0)
     if not isinstance(version, int) or not fmt.min_version <= version:
         raise CheckpointError(f"{cfg_path}: unknown format version {version!r}")
@@ -581,7 +586,8 @@ class FiniteLossGuard:
     :class:`TrainingDivergedError` names the optimizer step. Checkpoints written before stay.
     """
 
-    last_good_dirname = "last_good"
+    #: where the last good state is saved (default ``<output_dir>/last_good``)
+    last_good_dir: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any):
         self._last_good: tuple[int, dict[str, torch.Tensor]] | None = None
@@ -621,7 +627,7 @@ class FiniteLossGuard:
             where = ""
             args_ = self.args  # type: ignore[attr-defined]
             if args_.should_save:
-                path = Path(args_.output_dir) / self.last_good_dirname
+                path = Path(self.last_good_dir or Path(args_.output_dir) / "last_good")
                 self._save(str(path))  # type: ignore[attr-defined]
                 where = f" and saved it to {path}"
             raise TrainingDivergedError(

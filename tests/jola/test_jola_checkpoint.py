@@ -22,7 +22,9 @@ from olmokit.jola import (
 from olmokit.jola.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from olmokit.zoo.presets import random_model
 
-IDS = torch.tensor([[5, 17, 99, 3, 250, 1000, 7, 8, 9, 10, 11, 12], [42, 43, 44, 45, 1, 2, 3, 4, 5, 6, 7, 8]])
+IDS = torch.tensor(
+    [[5, 17, 99, 3, 250, 1000, 7, 8, 9, 10, 11, 12], [42, 43, 44, 45, 1, 2, 3, 4, 5, 6, 7, 8]]
+)
 
 
 def _trained_like(model, seed=0, la_scale=3.0):
@@ -36,7 +38,11 @@ def _trained_like(model, seed=0, la_scale=3.0):
 
 
 def test_save_load_exact(tiny_model, model_type, tmp_path):
-    attach_jola(tiny_model, JoLASettings(temperature=0.5, eval_gate_mode="hard", hard_threshold=0.3), applied_layers=[0, 1])
+    attach_jola(
+        tiny_model,
+        JoLASettings(temperature=0.5, eval_gate_mode="hard", hard_threshold=0.3),
+        applied_layers=[0, 1],
+    )
     _trained_like(tiny_model)
     want = tiny_model(IDS).logits
     save_jola(tiny_model, tmp_path)
@@ -45,7 +51,9 @@ def test_save_load_exact(tiny_model, model_type, tmp_path):
     assert meta["base_model"]["model_type"] == model_type and meta["applied_layers"] == [0, 1]
     assert meta["num_parameters"] == 2 * 4 * (2 * 16 + 2)
     _, tensors = read_adapter(tmp_path)
-    assert set(tensors) == {f"layers.{i}.{n}" for i in (0, 1) for n in ("attn_A", "attn_v", "log_g1", "log_g2")}
+    assert set(tensors) == {
+        f"layers.{i}.{n}" for i in (0, 1) for n in ("attn_A", "attn_v", "log_g1", "log_g2")
+    }
 
     fresh = random_model(model_type, "tiny", seed=0)
     load_jola(fresh, tmp_path)
@@ -66,7 +74,10 @@ def test_wrong_base_refused(tmp_path):
     with pytest.raises(CheckpointError, match="OLMo-2.*OLMo v1|model_type 'olmo2'"):
         load_jola(random_model("olmo", "tiny", seed=0), tmp_path)
     with pytest.raises(CheckpointError, match="num_heads: adapter 4 vs model 8"):
-        load_jola(random_model("olmo2", "tiny", seed=0, num_attention_heads=8, num_key_value_heads=8), tmp_path)
+        load_jola(
+            random_model("olmo2", "tiny", seed=0, num_attention_heads=8, num_key_value_heads=8),
+            tmp_path,
+        )
     with pytest.raises(CheckpointError, match="num_layers: adapter 2 vs model 3"):
         load_jola(random_model("olmo2", "tiny", seed=0, num_hidden_layers=3), tmp_path)
     with pytest.raises(CheckpointError, match="not a JoLA adapter"):

@@ -12,9 +12,19 @@ from olmokit.cli.main import main
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("jola") / "run"
-    rc = main(["jola", "train", "configs/jola/tiny.yaml", f"training_config.output_dir={out}",
-               "training_config.max_steps=6", "training_config.eval_steps=3", "training_config.disable_tqdm=true",
-               "data_config.train_size=24", "data_config.eval_size=12"])
+    rc = main(
+        [
+            "jola",
+            "train",
+            "configs/jola/tiny.yaml",
+            f"training_config.output_dir={out}",
+            "training_config.max_steps=6",
+            "training_config.eval_steps=3",
+            "training_config.disable_tqdm=true",
+            "data_config.train_size=24",
+            "data_config.eval_size=12",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -35,7 +45,9 @@ def test_report_eval_merge(trained, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| base" in out and str(trained / "adapter") in out
     assert main(["jola", "merge", str(trained / "adapter"), str(tmp_path / "merged")]) == 0
-    model, info = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", output_loading_info=True)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "merged", output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     # the merged model reproduces the adapter model
     from olmokit.jola import load_jola
@@ -56,5 +68,8 @@ def test_one_line_errors(tmp_path, capsys):
     assert "not a JoLA adapter" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert main(["jola", "train", f"data_config.train_file={empty}", "training_config.max_steps=1"]) == 2
+    assert (
+        main(["jola", "train", f"data_config.train_file={empty}", "training_config.max_steps=1"])
+        == 2
+    )
     assert "empty" in capsys.readouterr().err

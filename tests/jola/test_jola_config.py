@@ -29,7 +29,9 @@ def test_seed_yaml_loads_unchanged(tmp_path):
     p = tmp_path / "config_olmo2.yaml"
     p.write_text(SEED_YAML)
     cfg = JoLAConfig.get_jola_config(default=False, config_path=p)
-    assert cfg["model_config"]["pretrained_model_name_or_path"].endswith("13B-Instruct-32k-Context-ChatML")
+    assert cfg["model_config"]["pretrained_model_name_or_path"].endswith(
+        "13B-Instruct-32k-Context-ChatML"
+    )
     assert cfg["model_config"]["applied_module"] == "attention"
     assert cfg.training.learning_rate == 0.005 and cfg.training.per_device_train_batch_size == 4
     assert cfg.training.bf16 is True and cfg.base_dtype() == "bfloat16"
@@ -50,7 +52,9 @@ def test_unknown_keys_list_valid_ones(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'jola_config.gate_lamda'.*gate_lambda"):
         JoLAConfig.from_yaml(p)
     p.write_text("trainer_config: {}\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'trainer_config'.*model_config.*training_config"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'trainer_config'.*model_config.*training_config"
+    ):
         JoLAConfig.from_yaml(p)
 
 
@@ -70,8 +74,16 @@ def test_overrides_and_defaults():
     assert cfg.training.max_steps == 5 and cfg.jola.penalty == "mixing"
     d = JoLAConfig()
     # the reference's low-resource protocol
-    assert (d.training.learning_rate, d.training.warmup_steps, d.training.num_train_epochs) == (5e-3, 50, 20)
-    assert (d.data.train_size, d.data.eval_size, d.training.early_stopping_patience) == (200, 200, 2)
+    assert (d.training.learning_rate, d.training.warmup_steps, d.training.num_train_epochs) == (
+        5e-3,
+        50,
+        20,
+    )
+    assert (d.data.train_size, d.data.eval_size, d.training.early_stopping_patience) == (
+        200,
+        200,
+        2,
+    )
     assert d.jola.temperature == 0.33 and tuple(d.jola.stretch_limits) == (-0.1, 1.1)
     with pytest.raises(ConfigError):
         JoLAConfig.get_jola_config()

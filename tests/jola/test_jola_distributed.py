@@ -23,11 +23,28 @@ def test_accelerate_two_processes(tmp_path):
     assert launcher, "accelerate is a dependency of olmokit"
     out = tmp_path / "ddp"
     cmd = [
-        launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "olmokit.cli.main",
-        "jola", "train", "configs/jola/tiny.yaml", f"training_config.output_dir={out}",
-        "training_config.max_steps=4", "training_config.eval_steps=2", "training_config.disable_tqdm=true",
-        "data_config.train_size=32", "data_config.eval_size=8",
+        launcher,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "olmokit.cli.main",
+        "jola",
+        "train",
+        "configs/jola/tiny.yaml",
+        f"training_config.output_dir={out}",
+        "training_config.max_steps=4",
+        "training_config.eval_steps=2",
+        "training_config.disable_tqdm=true",
+        "data_config.train_size=32",
+        "data_config.eval_size=8",
     ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

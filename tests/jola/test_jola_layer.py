@@ -45,7 +45,9 @@ def test_sample_gate_range_and_mean():
     assert g.mean().item() == pytest.approx(0.5, abs=0.01)
     # P(g > 0) matches the expected-L0 term
     la = torch.full((200_000,), 1.0)
-    assert (sample_gate(la, HC) > 0).float().mean().item() == pytest.approx(prob_open(la[:1], HC).item(), abs=0.01)
+    assert (sample_gate(la, HC) > 0).float().mean().item() == pytest.approx(
+        prob_open(la[:1], HC).item(), abs=0.01
+    )
 
 
 def test_hard_gate_threshold():
@@ -70,7 +72,11 @@ def test_edit_matches_per_head_formula():
     z = torch.randn(2, 5, 4 * 8)
     g1, g2 = expected_gate(e.log_g1, HC), expected_gate(e.log_g2, HC)
     want = torch.cat(
-        [(1 + g2[h] * e.attn_A[h]) * z[..., h * 8 : (h + 1) * 8] + g1[h] * e.attn_v[h] for h in range(4)], -1
+        [
+            (1 + g2[h] * e.attn_A[h]) * z[..., h * 8 : (h + 1) * 8] + g1[h] * e.attn_v[h]
+            for h in range(4)
+        ],
+        -1,
     )
     torch.testing.assert_close(e(z), want, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(e.forward_loop(z), want, rtol=1e-6, atol=1e-6)

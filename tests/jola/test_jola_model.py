@@ -68,8 +68,15 @@ def test_13b_count_from_config():
 
     from olmokit.jola import jola_parameter_count
 
-    cfg = Olmo2Config(hidden_size=5120, num_attention_heads=40, num_key_value_heads=40, num_hidden_layers=40,
-                      intermediate_size=13824, vocab_size=100352, max_position_embeddings=32768)
+    cfg = Olmo2Config(
+        hidden_size=5120,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        num_hidden_layers=40,
+        intermediate_size=13824,
+        vocab_size=100352,
+        max_position_embeddings=32768,
+    )
     assert jola_parameter_count(cfg) == 412_800
     assert jola_parameter_count(cfg, applied_layers=[0, 1]) == 2 * 40 * 258
 
@@ -108,7 +115,9 @@ def test_kv_cache_generation_matches_full_forward(model_type):
     _open_edit(model)
     model.eval()
     prompt = IDS[:1, :6]
-    out = model.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=1, eos_token_id=None)
+    out = model.generate(
+        prompt, max_new_tokens=12, do_sample=False, pad_token_id=1, eos_token_id=None
+    )
     # greedy without a cache, one full forward per token
     seq = prompt
     for _ in range(12):
@@ -151,7 +160,9 @@ def test_topk_and_hard_modes(tiny_model):
     set_gate_mode(tiny_model, "topk", topk=3)
     tiny_model.eval()
     open_add = [int((e.gates()[0] > 0).sum()) for e in edits.values()]
-    assert sum(open_add) == 3 and open_add[-1] == 3  # the 3 largest log-alphas are in the last layer
+    assert (
+        sum(open_add) == 3 and open_add[-1] == 3
+    )  # the 3 largest log-alphas are in the last layer
     set_gate_mode(tiny_model, "hard", hard_threshold=0.5)
     g1, _ = edits[0].gates()
     assert set(g1.tolist()) <= {0.0, 1.0}
@@ -160,8 +171,12 @@ def test_topk_and_hard_modes(tiny_model):
 def test_seed_style_class_and_family_check(monkeypatch):
     import olmokit.loading as loading
 
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: random_model("olmo2", "tiny", seed=0))
-    model = JoLAOlmo2Model.jola_from_pretrained(pretrained_model_name_or_path="x", applied_module="attention", device="cpu")
+    monkeypatch.setattr(
+        loading, "load_model", lambda *a, **k: random_model("olmo2", "tiny", seed=0)
+    )
+    model = JoLAOlmo2Model.jola_from_pretrained(
+        pretrained_model_name_or_path="x", applied_module="attention", device="cpu"
+    )
     from transformers import Olmo2ForCausalLM
 
     assert isinstance(model, Olmo2ForCausalLM) and isinstance(model, JoLAOlmo2Model)
@@ -180,6 +195,14 @@ def test_seed_style_class_and_family_check(monkeypatch):
 def test_unsupported_model_named():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    llama = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=100,
+        )
+    )
     with pytest.raises(FamilyError, match="Olmo2ForCausalLM"):
         attach_jola(llama)

@@ -24,7 +24,12 @@ def test_report_counts_and_values(tmp_path):
     m = _model()
     rep = gate_report(m)
     s = rep.summary()
-    assert (s["open_additive"], s["open_multiplicative"], s["open_either"], s["heads"]) == (1, 1, 2, 16)
+    assert (s["open_additive"], s["open_multiplicative"], s["open_either"], s["heads"]) == (
+        1,
+        1,
+        2,
+        16,
+    )
     assert rep.g1[1, 2] == 1.0 and rep.g2[3, 0] == 0.5
     md = rep.markdown()
     assert "| 1 | 1/4 | 0/4 |" in md and "| 3 | 0/4 | 1/4 |" in md

@@ -12,7 +12,9 @@ def test_expon():
     s = make_scheduler("expon", 500)
     assert s.value == pytest.approx(0.1)
     assert s.set_step(100) == pytest.approx(0.1 * math.exp(-1.0))
-    assert s.set_step(500) == pytest.approx(0.1 * math.exp(-5.0))  # 6.7e-4, as in the reference's 500 steps
+    assert s.set_step(500) == pytest.approx(
+        0.1 * math.exp(-5.0)
+    )  # 6.7e-4, as in the reference's 500 steps
 
 
 def test_linear():
@@ -22,7 +24,9 @@ def test_linear():
 
 def test_cyclic():
     s = make_scheduler("cyclic", 100)
-    assert [s.set_step(t) for t in (0, 5, 10, 15, 20)] == pytest.approx([0.5, 1.0, 0.5, 0.0, 0.5], abs=1e-12)
+    assert [s.set_step(t) for t in (0, 5, 10, 15, 20)] == pytest.approx(
+        [0.5, 1.0, 0.5, 0.0, 0.5], abs=1e-12
+    )
 
 
 def test_perform_reacts_to_eval_only():

@@ -13,7 +13,9 @@ from olmokit.jola import (
     JoLATrainer,
     TrainingDivergedError,
     attach_jola,
+    detach_jola,
     gate_penalty,
+    has_jola,
     jola_edits,
     jola_state_dict,
     read_adapter,
@@ -27,24 +29,49 @@ from olmokit.zoo.presets import random_model
 def _records(n=24):
     words = ["alpha", "beta", "gamma", "delta"]
     return [
-        Record("chat", {"messages": [{"role": "user", "content": f"Say {words[i % 4]} {i}"},
-                                     {"role": "assistant", "content": words[i % 4]}]}, f"mem:{i}")
+        Record(
+            "chat",
+            {
+                "messages": [
+                    {"role": "user", "content": f"Say {words[i % 4]} {i}"},
+                    {"role": "assistant", "content": words[i % 4]},
+                ]
+            },
+            f"mem:{i}",
+        )
         for i in range(n)
     ]
 
 
 def _trainer(tmp_path, tok, model=None, **section):
     model = model or random_model("olmo2", "tiny", seed=0)
-    if not hasattr(model, "_olmokit_jola"):
-        attach_jola(model, JoLASettings(gate_lambda=0.01))
-    kw = dict(max_steps=6, warmup_steps=0, per_device_train_batch_size=4, eval_strategy="steps",
-              eval_steps=2, logging_steps=2, disable_tqdm=True, learning_rate=1e-2)
+    settings = JoLASettings(gate_lambda=0.01)
+    if not has_jola(model):
+        attach_jola(model, settings)
+    kw = dict(
+        max_steps=6,
+        warmup_steps=0,
+        per_device_train_batch_size=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        logging_steps=2,
+        disable_tqdm=True,
+        learning_rate=1e-2,
+    )
     kw.update(section)
     patience = kw.pop("early_stopping_patience", None)
     args = training_arguments(TrainingSection(**kw), str(tmp_path), use_cpu=True)
     recs = _records()
-    return JoLATrainer(model=model, args=args, train_dataset=recs[:16], eval_dataset=recs[16:],
-                       tokenizer=tok, max_seq_length=64, early_stopping_patience=patience)
+    return JoLATrainer(
+        model=model,
+        args=args,
+        train_dataset=recs[:16],
+        eval_dataset=recs[16:],
+        tokenizer=tok,
+        max_seq_length=64,
+        early_stopping_patience=patience,
+        jola_settings=settings,
+    )
 
 
 def test_penalty_forms():
@@ -85,7 +112,14 @@ def test_train_steps_scheduler_and_restores_best(tmp_path, zoo_tokenizer):
 
 def test_early_stopping(tmp_path, zoo_tokenizer):
     # lr so small the eval loss cannot improve -> stop after `patience` evaluations without improvement
-    tr = _trainer(tmp_path, zoo_tokenizer, max_steps=40, eval_steps=1, learning_rate=1e-30, early_stopping_patience=2)
+    tr = _trainer(
+        tmp_path,
+        zoo_tokenizer,
+        max_steps=40,
+        eval_steps=1,
+        learning_rate=1e-30,
+        early_stopping_patience=2,
+    )
     out = tr.train()
     assert out.global_step == 3
 
@@ -113,7 +147,10 @@ def test_nan_loss_stops_and_keeps_last_good(tmp_path, zoo_tokenizer):
 
     tr.add_callback(_Grab())
     tr.add_callback(_PoisonBase(tr.model, 3))
-    with pytest.raises(TrainingDivergedError, match=r"non-finite loss \(nan\) at optimizer step 4.*from optimizer step 3"):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"non-finite loss \(nan\) at optimizer step 4.*from optimizer step 3",
+    ):
         tr.train()
     got = jola_state_dict(tr.model)
     assert all(torch.equal(got[k], snap[k]) for k in snap)
@@ -159,7 +196,18 @@ def test_penalty_counted_once_per_optimizer_step(tmp_path, zoo_tokenizer):
 def test_seed_style_scheduler_argument(zoo_tokenizer):
     m = random_model("olmo2", "tiny", seed=0)
     attach_jola(m)
-    tr = JoLATrainer(model=m, train_dataset=_records(4), tokenizer=zoo_tokenizer, gate_scheduler="linear")
+    tr = JoLATrainer(
+        model=m, train_dataset=_records(4), tokenizer=zoo_tokenizer, gate_scheduler="linear"
+    )
     assert tr.gate_scheduler.name == "linear" and tr.processing_class is zoo_tokenizer
-    assert JoLATrainer(model=m, tokenizer=zoo_tokenizer).gate_scheduler.name == "expon"  # the model's setting
+    assert (
+        JoLATrainer(model=m, tokenizer=zoo_tokenizer).gate_scheduler.name == "expon"
+    )  # the default
     assert JoLATrainer(model=m, gate_scheduler=None).gate_scheduler.name == "constant"
+    # penalty settings and scheduler come from the constructor, never from the model's attach settings
+    detach_jola(m)
+    attach_jola(m, JoLASettings(gate_scheduler="cyclic", gate_lambda=0.5))
+    tr = JoLATrainer(model=m, tokenizer=zoo_tokenizer)
+    assert tr.gate_scheduler.name == "expon" and tr.jola_settings.gate_lambda == 4e-5
+    tr = JoLATrainer(model=m, jola_settings=JoLASettings(gate_scheduler="perform", gate_lambda=0.2))
+    assert tr.gate_scheduler.name == "perform" and tr.jola_settings.gate_lambda == 0.2

@@ -13,10 +13,6 @@ from .checkpoint import load_jola, merge_jola, read_adapter, save_jola, save_mer
 from .config import DataSection, JoLAConfig, JoLASettings, ModelSection, TrainingSection
 from .layer import HardConcrete, JoLAEdit, expected_gate, hard_gate, prob_open, sample_gate
 from .model import (
-    JoLAModel,
-    JoLAOlmo2Model,
-    JoLAOlmo3Model,
-    JoLAOlmoModel,
     attach_jola,
     detach_jola,
     disable_jola,
@@ -29,6 +25,7 @@ from .model import (
     set_gate_mode,
     unfreeze_jola_params,
 )
+from .pretrained import JoLAModel, JoLAOlmo2Model, JoLAOlmo3Model, JoLAOlmoModel
 from .report import GateReport, gate_report, write_report
 from .run import load_run_data, train_jola
 from .schedulers import SCHEDULERS, GateScheduler, make_scheduler

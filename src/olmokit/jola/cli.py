@@ -14,7 +14,9 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     _, verbs = add_tool_parser(
-        subparsers, "jola", "JoLA: train, evaluate, merge and inspect per-head gated attention edits"
+        subparsers,
+        "jola",
+        "JoLA: train, evaluate, merge and inspect per-head gated attention edits",
     )
 
     p = verbs.add_parser(
@@ -29,39 +31,64 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", help="shortcut for model_config.pretrained_model_name_or_path")
     p.add_argument("--output-dir", help="shortcut for training_config.output_dir")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the output directory from its last checkpoint (same config only)",
+    )
+    mode.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run in the output directory"
+    )
     p.set_defaults(func=_train)
 
     p = verbs.add_parser("eval", help="held-out accuracy / exact match of the base and of adapters")
-    p.add_argument("adapters", nargs="*", help="adapter directories to evaluate (base is always included)")
-    p.add_argument("--model", help="base model (default: the first adapter's base, else the zoo model)")
+    p.add_argument(
+        "adapters", nargs="*", help="adapter directories to evaluate (base is always included)"
+    )
+    p.add_argument(
+        "--model", help="base model (default: the first adapter's base, else the zoo model)"
+    )
     p.add_argument("--task", default="stdlib_module", help="built-in task (default stdlib_module)")
-    p.add_argument("--data", help="JSON/JSONL held-out file (records with 'choices' get MC accuracy)")
-    p.add_argument("--limit", type=int, default=200, help="number of held-out examples (default 200)")
+    p.add_argument(
+        "--data", help="JSON/JSONL held-out file (records with 'choices' get MC accuracy)"
+    )
+    p.add_argument(
+        "--limit", type=int, default=200, help="number of held-out examples (default 200)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-generate", action="store_true", help="skip greedy exact match")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_eval)
 
-    p = verbs.add_parser("merge", help="fold an adapter into the base weights; writes a plain HF model dir")
+    p = verbs.add_parser(
+        "merge", help="fold an adapter into the base weights; writes a plain HF model dir"
+    )
     p.add_argument("adapter", help="adapter directory")
     p.add_argument("out", help="output directory (loads with stock from_pretrained)")
     p.add_argument("--model", help="base model (default: the adapter's recorded base)")
-    p.add_argument("--gate-mode", choices=["expected", "hard", "topk"], help="override the adapter's gate mode")
+    p.add_argument(
+        "--gate-mode", choices=["expected", "hard", "topk"], help="override the adapter's gate mode"
+    )
     p.add_argument("--topk", type=int, help="with --gate-mode topk")
     p.add_argument("--dtype", default="float32")
     p.set_defaults(func=_merge)
 
-    p = verbs.add_parser("report", help="per-layer x per-head open gates: table, JSON and heatmap PNG")
+    p = verbs.add_parser(
+        "report", help="per-layer x per-head open gates: table, JSON and heatmap PNG"
+    )
     p.add_argument("adapter", help="adapter directory (no base model needed)")
     p.add_argument("--out", help="output directory (default: ADAPTER/report)")
-    p.add_argument("--mode", choices=["expected", "hard", "topk"], help="gate mode (default: the adapter's)")
+    p.add_argument(
+        "--mode", choices=["expected", "hard", "topk"], help="gate mode (default: the adapter's)"
+    )
     p.set_defaults(func=_report)
 
 
 def _train(args: argparse.Namespace) -> int:
     from .config import JoLAConfig
-    from .run import train_jola
+    from .run import run_jola
 
     overrides = list(args.overrides)
     if args.config and "=" in args.config and not Path(args.config).exists():
@@ -71,9 +98,20 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"model_config.pretrained_model_name_or_path={args.model}")
     if args.output_dir:
         overrides.append(f"training_config.output_dir={args.output_dir}")
-    config = JoLAConfig.from_yaml(args.config, overrides) if args.config else JoLAConfig().merge(overrides)
-    summary = train_jola(config, progress=True, evaluate=not args.no_eval)
-    _print_summary(summary)
+    config = (
+        JoLAConfig.from_yaml(args.config, overrides)
+        if args.config
+        else JoLAConfig().merge(overrides)
+    )
+    run = run_jola(
+        config,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=True,
+        evaluate=not args.no_eval,
+    )
+    if run.exists("eval.json"):  # only the main process writes it under accelerate launch
+        _print_summary(run.read_json("eval.json"))
     return 0
 
 
@@ -81,10 +119,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if "test" not in summary:
         print_json({k: v for k, v in summary.items() if k != "report"})
         return
-    rows = [[name, *(_fmt(res.get(k)) for k in ("acc", "em")), res.get("n")] for name, res in summary["test"].items()]
+    rows = [
+        [name, *(_fmt(res.get(k)) for k in ("acc", "em")), res.get("n")]
+        for name, res in summary["test"].items()
+    ]
     print_table(["model", "acc", "exact match", "n"], rows)
-    print(f"JoLA parameters: {summary['jola_parameters']:,}; steps: {summary['global_step']}; "
-          f"adapter: {Path(summary['output_dir']) / 'adapter'}")
+    print(
+        f"JoLA parameters: {summary['jola_parameters']:,}; steps: {summary['global_step']}; "
+        f"adapter: {Path(summary['output_dir']) / 'adapter'}"
+    )
     if "report" in summary:
         print(f"gate report: {summary['report']['markdown']} and {summary['report']['heatmap']}")
 
@@ -114,14 +157,21 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         examples = get_task(args.task).heldout[: args.limit]
     gen = not args.no_generate
-    results = {"base": evaluate_examples(model, tokenizer, examples, args.batch_size, gen, progress=True)}
+    results = {
+        "base": evaluate_examples(model, tokenizer, examples, args.batch_size, gen, progress=True)
+    }
     for adapter in args.adapters:
         if has_jola(model):
             detach_jola(model)
         load_jola(model, adapter)
-        results[adapter] = evaluate_examples(model, tokenizer, examples, args.batch_size, gen, progress=True)
+        results[adapter] = evaluate_examples(
+            model, tokenizer, examples, args.batch_size, gen, progress=True
+        )
     mc = bool(examples) and len(examples[0].choices) > 1
-    rows = [[name, _fmt(r.get("acc")) if mc else "-", _fmt(r.get("em")), r.get("n")] for name, r in results.items()]
+    rows = [
+        [name, _fmt(r.get("acc")) if mc else "-", _fmt(r.get("em")), r.get("n")]
+        for name, r in results.items()
+    ]
     print(f"model: {base_name}; {len(examples)} held-out examples")
     print_table(["model", "acc", "exact match", "n"], rows)
     if args.json:
@@ -143,7 +193,9 @@ def _merge(args: argparse.Namespace) -> int:
     except Exception:  # a base without a tokenizer still merges
         tokenizer = None
     out = save_model(merged, args.out, tokenizer)
-    print(f"merged {args.adapter} into {base_name}: {out} (attention_bias={merged.config.attention_bias})")
+    print(
+        f"merged {args.adapter} into {base_name}: {out} (attention_bias={merged.config.attention_bias})"
+    )
     return 0
 
 

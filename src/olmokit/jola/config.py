@@ -16,7 +16,7 @@ where the reference is defective (see ``docs/jola.md``).
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -25,19 +25,12 @@ from ..errors import ConfigError
 from ..zoo.registry import DEFAULT_MODEL
 
 __all__ = [
-    "GATE_MODES",
-    "GATE_SCHEDULERS",
-    "PENALTY_FORMS",
     "JoLAConfig",
     "JoLASettings",
     "ModelSection",
     "TrainingSection",
     "DataSection",
 ]
-
-GATE_MODES = ("expected", "hard", "topk")
-GATE_SCHEDULERS = ("expon", "linear", "cyclic", "perform", "constant")
-PENALTY_FORMS = ("strength", "mixing")
 
 
 class ModelSection(OlmokitConfig):
@@ -48,22 +41,46 @@ class ModelSection(OlmokitConfig):
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     applied_module: Literal["attention"] = Field(
-        "attention", description="where the edit goes; only per-head attention outputs are supported"
+        "attention",
+        description="where the edit goes; only per-head attention outputs are supported",
     )
-    applied_layers: list[int] | None = Field(None, description="decoder layers to edit (default: all)")
-    device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
+    applied_layers: list[int] | None = Field(
+        None, description="decoder layers to edit (default: all)"
+    )
+    device: str = Field(
+        "auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."
+    )
     dtype: str | None = Field(
-        None, description="base weights dtype; default bfloat16 when training_config.bf16 else float32"
+        None,
+        description="base weights dtype; default bfloat16 when training_config.bf16 else float32",
     )
-    attn_implementation: str | None = Field(None, description="'eager', 'sdpa', ... (default: HF's choice)")
+    attn_implementation: str | None = Field(
+        None, description="'eager', 'sdpa', ... (default: HF's choice)"
+    )
     cache_dir: str | None = Field(None, description="HF cache directory")
     trust_remote_code: bool = Field(False, description="passed to from_pretrained")
 
 
 class TrainingSection(OlmokitConfig):
-    """Hugging Face ``Trainer`` settings (``training_config``)."""
+    """Hugging Face ``Trainer`` settings (``training_config``).
 
-    output_dir: str = Field("runs/jola", description="where the adapter, report and resolved config go")
+    Every field is a ``transformers.TrainingArguments`` field of the same name and meaning, except
+    those in :attr:`OLMOKIT_ONLY`, which olmokit interprets (:meth:`derived_training_arguments`).
+    """
+
+    #: keys that are not passed to ``TrainingArguments`` under their own name
+    OLMOKIT_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {
+            "early_stopping_patience",
+            "early_stopping_threshold",
+            "gradient_checkpointing",
+            "save_steps",
+        }
+    )
+
+    output_dir: str = Field(
+        "runs/jola", description="where the adapter, report and resolved config go"
+    )
     learning_rate: float = Field(5e-3, gt=0, description="JoLA needs ~50x LoRA's learning rate")
     per_device_train_batch_size: int = Field(8, ge=1)
     per_device_eval_batch_size: int = Field(16, ge=1)
@@ -74,21 +91,37 @@ class TrainingSection(OlmokitConfig):
     lr_scheduler_type: str = Field("cosine")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    bf16: bool = Field(False, description="bfloat16 base weights + autocast; JoLA tensors stay fp32")
+    bf16: bool = Field(
+        False, description="bfloat16 base weights + autocast; JoLA tensors stay fp32"
+    )
     seed: int = Field(42)
     eval_strategy: Literal["epoch", "steps", "no"] = Field("epoch")
     eval_steps: int | None = Field(None, ge=1, description="with eval_strategy 'steps'")
     logging_steps: int = Field(10, ge=1)
     early_stopping_patience: int | None = Field(
-        2, ge=1, description="evaluations without eval-loss improvement before stopping (null: never)"
+        2,
+        ge=1,
+        description="evaluations without eval-loss improvement before stopping (null: never)",
     )
     early_stopping_threshold: float = Field(0.0, ge=0)
-    gradient_checkpointing: bool = Field(False, description="non-reentrant, so the edit still gets gradients")
+    gradient_checkpointing: bool = Field(
+        False, description="non-reentrant, so the edit still gets gradients"
+    )
+    save_steps: int | None = Field(
+        50,
+        ge=1,
+        description="write a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position) "
+        "every this many optimizer steps into <output_dir>/checkpoints; null: none",
+    )
+    save_total_limit: int | None = Field(
+        2, ge=1, description="checkpoints kept (oldest deleted first)"
+    )
     dataloader_num_workers: int = Field(0, ge=0)
     disable_tqdm: bool = Field(False)
     report_to: list[str] = Field(default_factory=list, description="HF integrations (wandb, ...)")
     extra_args: dict[str, Any] = Field(
-        default_factory=dict, description="any other transformers.TrainingArguments, passed verbatim"
+        default_factory=dict,
+        description="any other transformers.TrainingArguments, passed verbatim",
     )
 
     @model_validator(mode="after")
@@ -96,6 +129,21 @@ class TrainingSection(OlmokitConfig):
         if self.eval_strategy == "steps" and self.eval_steps is None:
             raise ValueError("eval_strategy 'steps' needs eval_steps")
         return self
+
+    def derived_training_arguments(self) -> dict[str, Any]:
+        """The ``TrainingArguments`` that the olmokit-only keys stand for."""
+        out: dict[str, Any] = (
+            {"save_strategy": "steps", "save_steps": self.save_steps}
+            if self.save_steps is not None
+            else {"save_strategy": "no"}
+        )
+        if self.gradient_checkpointing:
+            # non-reentrant: with a frozen base, reentrant checkpointing would cut the edit's gradients
+            out.update(
+                activation_checkpointing=True,
+                activation_checkpointing_kwargs={"use_reentrant": False},
+            )
+        return out
 
 
 class JoLASettings(OlmokitConfig):
@@ -115,18 +163,26 @@ class JoLASettings(OlmokitConfig):
         "s_t mixes additive vs multiplicative penalties, gate_lambda unused)",
     )
     temperature: float = Field(0.33, gt=0, description="HardConcrete temperature beta")
-    stretch_limits: tuple[float, float] = Field((-0.1, 1.1), description="HardConcrete stretch (l, r)")
+    stretch_limits: tuple[float, float] = Field(
+        (-0.1, 1.1), description="HardConcrete stretch (l, r)"
+    )
     eps: float = Field(1e-6, gt=0, lt=0.5, description="uniform noise is drawn from (eps, 1-eps)")
     log_alpha_init: float | Literal["xavier"] = Field(
         "xavier", description="'xavier' (reference: U(+-sqrt(6/(H+1)))) or a constant log-alpha"
     )
-    edit_init_std: float = Field(1e-3, ge=0, description="A and v start as N(0, std^2); 0 = exact identity")
+    edit_init_std: float = Field(
+        1e-3, ge=0, description="A and v start as N(0, std^2); 0 = exact identity"
+    )
     init_seed: int | None = Field(0, description="seed of the initialisation (null: global RNG)")
     eval_gate_mode: Literal["expected", "hard", "topk"] = Field(
         "expected", description="deterministic gate at evaluation and for merging"
     )
-    hard_threshold: float = Field(0.5, ge=0, le=1, description="'hard': gate = 1 if expected gate > this")
-    topk: int | None = Field(None, ge=1, description="'topk': keep the k most open heads per gate type")
+    hard_threshold: float = Field(
+        0.5, ge=0, le=1, description="'hard': gate = 1 if expected gate > this"
+    )
+    topk: int | None = Field(
+        None, ge=1, description="'topk': keep the k most open heads per gate type"
+    )
 
     @field_validator("stretch_limits")
     @classmethod
@@ -149,10 +205,18 @@ class DataSection(OlmokitConfig):
     task: str | None = Field(
         "stdlib_module", description="built-in task used when train_file is not given"
     )
-    train_file: str | None = Field(None, description="JSON/JSONL of chat or prompt/completion records")
-    eval_file: str | None = Field(None, description="held-out file (default: the task's held-out split)")
-    train_size: int | None = Field(200, ge=1, description="subsample training data (reference: 200)")
-    eval_size: int | None = Field(200, ge=1, description="subsample evaluation data (reference: 200)")
+    train_file: str | None = Field(
+        None, description="JSON/JSONL of chat or prompt/completion records"
+    )
+    eval_file: str | None = Field(
+        None, description="held-out file (default: the task's held-out split)"
+    )
+    train_size: int | None = Field(
+        200, ge=1, description="subsample training data (reference: 200)"
+    )
+    eval_size: int | None = Field(
+        200, ge=1, description="subsample evaluation data (reference: 200)"
+    )
     max_seq_length: int = Field(400, ge=8)
     seed: int = Field(0, description="subsampling seed")
 

@@ -16,18 +16,25 @@ base dtype, and the result is cast back, so with A = v = 0 the output is bit-ide
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = [
+    "EVAL_GATE_MODES",
     "HardConcrete",
     "JoLAEdit",
+    "eval_gate",
     "expected_gate",
     "hard_gate",
     "prob_open",
     "sample_gate",
+    "topk_mask",
 ]
+
+#: deterministic gate modes used at evaluation, for merging and in reports
+EVAL_GATE_MODES = ("expected", "hard", "topk")
 
 
 class HardConcrete:
@@ -38,8 +45,18 @@ class HardConcrete:
         self.low, self.high = (float(x) for x in stretch_limits)
         self.eps = float(eps)
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> HardConcrete:
+        """From anything with ``temperature``, ``stretch_limits`` and ``eps`` (``JoLASettings``): the
+        one way the rest of JoLA builds it, so no place forgets a field."""
+        return cls(settings.temperature, settings.stretch_limits, settings.eps)
+
     def as_dict(self) -> dict:
-        return {"temperature": self.temperature, "stretch_limits": [self.low, self.high], "eps": self.eps}
+        return {
+            "temperature": self.temperature,
+            "stretch_limits": [self.low, self.high],
+            "eps": self.eps,
+        }
 
 
 def sample_gate(log_alpha: torch.Tensor, hc: HardConcrete, generator=None) -> torch.Tensor:
@@ -48,7 +65,9 @@ def sample_gate(log_alpha: torch.Tensor, hc: HardConcrete, generator=None) -> to
     One uniform draw per head per forward pass, shared by the whole batch and every token (as in the
     reference); gradient checkpointing replays the RNG state, so a recomputed forward draws the same u.
     """
-    u = torch.rand(log_alpha.shape, device=log_alpha.device, dtype=torch.float32, generator=generator)
+    u = torch.rand(
+        log_alpha.shape, device=log_alpha.device, dtype=torch.float32, generator=generator
+    )
     # logit(u) with u clamped to [eps, 1 - eps] is log u − log(1−u), in one kernel
     s = torch.sigmoid((torch.logit(u, eps=hc.eps) + log_alpha) / hc.temperature)
     return (s * (hc.high - hc.low) + hc.low).clamp(0.0, 1.0)
@@ -68,6 +87,37 @@ def prob_open(log_alpha: torch.Tensor, hc: HardConcrete) -> torch.Tensor:
     """P(gate ≠ 0) = σ(logα − β·log(−l/r)), the expected-L0 term (clamped like the reference)."""
     shift = hc.temperature * math.log(-hc.low / hc.high)
     return torch.sigmoid(log_alpha - shift).clamp(1e-6, 1.0 - 1e-6)
+
+
+def topk_mask(log_alpha: torch.Tensor, k: int) -> torch.Tensor:
+    """0/1 mask (same shape) keeping the ``k`` largest log-alphas of the whole tensor — across every
+    edited layer when ``log_alpha`` is ``[layers, heads]``."""
+    flat = log_alpha.detach().float().reshape(-1)
+    keep = torch.zeros_like(flat)
+    keep[torch.topk(flat, min(k, flat.numel())).indices] = 1.0
+    return keep.reshape(log_alpha.shape)
+
+
+def eval_gate(
+    log_alpha: torch.Tensor,
+    hc: HardConcrete,
+    mode: str = "expected",
+    hard_threshold: float = 0.5,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The deterministic gate of ``mode``: "expected" (:func:`expected_gate`), "hard"
+    (:func:`hard_gate`) or "topk" (the expected gate times a :func:`topk_mask`). The one gate
+    selection shared by the edit's forward pass, merging and the gate report."""
+    if mode == "hard":
+        return hard_gate(log_alpha, hc, hard_threshold)
+    g = expected_gate(log_alpha, hc)
+    if mode == "topk":
+        if mask is None:
+            raise ValueError("topk gate mode needs a mask (see topk_mask / set_gate_mode)")
+        return g * mask.to(device=g.device, dtype=g.dtype)
+    if mode != "expected":
+        raise ValueError(f"gate mode {mode!r} not in {', '.join(EVAL_GATE_MODES)}")
+    return g
 
 
 class JoLAEdit(nn.Module):
@@ -99,7 +149,9 @@ class JoLAEdit(nn.Module):
     def reset_parameters(self, std: float = 1e-3, log_alpha_init="xavier", generator=None) -> None:
         """Fresh initialisation (A, v ~ N(0, std²); log-alphas xavier-uniform on [H, 1] or constant)."""
         for p in (self.attn_A, self.attn_v):
-            p.copy_(torch.randn(p.shape, generator=generator) * std if std > 0 else torch.zeros(p.shape))
+            p.copy_(
+                torch.randn(p.shape, generator=generator) * std if std > 0 else torch.zeros(p.shape)
+            )
         for p in (self.log_g1, self.log_g2):
             if log_alpha_init == "xavier":
                 bound = math.sqrt(6.0 / (self.num_heads + 1))
@@ -113,18 +165,13 @@ class JoLAEdit(nn.Module):
         if training:  # both gate kinds in one set of kernels (this runs on every forward pass)
             g = sample_gate(torch.stack((self.log_g1, self.log_g2)), self.hc)
             return g[0], g[1]
-        if self.gate_mode == "hard":
-            return (
-                hard_gate(self.log_g1, self.hc, self.hard_threshold),
-                hard_gate(self.log_g2, self.hc, self.hard_threshold),
-            )
-        g1, g2 = expected_gate(self.log_g1, self.hc), expected_gate(self.log_g2, self.hc)
-        if self.gate_mode == "topk":
-            if self.topk_masks is None:
-                raise RuntimeError("topk gate mode without masks; set it through set_gate_mode()")
-            m1, m2 = self.topk_masks
-            g1, g2 = g1 * m1.to(g1.device), g2 * m2.to(g2.device)
-        return g1, g2
+        if self.gate_mode == "topk" and self.topk_masks is None:
+            raise RuntimeError("topk gate mode without masks; set it through set_gate_mode()")
+        m1, m2 = self.topk_masks or (None, None)
+        return (
+            eval_gate(self.log_g1, self.hc, self.gate_mode, self.hard_threshold, m1),
+            eval_gate(self.log_g2, self.hc, self.gate_mode, self.hard_threshold, m2),
+        )
 
     def scale_shift(self, training: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The edit as two flat fp32 vectors: ``z' = scale ⊙ z + shift`` over the ``H*d`` features."""
@@ -144,7 +191,7 @@ class JoLAEdit(nn.Module):
         out = z.float().clone()
         d = self.head_dim
         for h in range(self.num_heads):
-            out[..., h * d : (h + 1) * d] = (self.attn_A[h] * g2[h] + 1) * out[..., h * d : (h + 1) * d].clone() + g1[
-                h
-            ] * self.attn_v[h]
+            out[..., h * d : (h + 1) * d] = (self.attn_A[h] * g2[h] + 1) * out[
+                ..., h * d : (h + 1) * d
+            ].clone() + g1[h] * self.attn_v[h]
         return out.to(z.dtype)

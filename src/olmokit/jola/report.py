@@ -12,8 +12,10 @@ from torch import nn
 
 from ..files import atomic_write_json, atomic_write_text
 from ..plots import plot_gate_heatmap
+from .checkpoint import read_adapter
 from .config import JoLASettings
-from .layer import HardConcrete, expected_gate, hard_gate, prob_open
+from .layer import HardConcrete, eval_gate, prob_open, topk_mask
+from .model import get_jola_state, jola_edits, jola_state_dict
 
 __all__ = ["GateReport", "gate_report", "write_report"]
 
@@ -32,18 +34,19 @@ class GateReport:
     ):
         self.layers, self.settings = layers, settings
         self.mode = mode or settings.eval_gate_mode
-        hc = HardConcrete(settings.temperature, settings.stretch_limits, settings.eps)
+        hc = HardConcrete.from_settings(settings)
         self.p1, self.p2 = prob_open(log_g1, hc), prob_open(log_g2, hc)
-        if self.mode == "hard":
-            self.g1, self.g2 = hard_gate(log_g1, hc, settings.hard_threshold), hard_gate(log_g2, hc, settings.hard_threshold)
-        else:
-            self.g1, self.g2 = expected_gate(log_g1, hc), expected_gate(log_g2, hc)
-        if self.mode == "topk":
-            k = settings.topk or log_g1.numel()
-            for g, la in ((self.g1, log_g1), (self.g2, log_g2)):
-                keep = torch.zeros(la.numel(), dtype=torch.bool)
-                keep[torch.topk(la.flatten(), min(k, la.numel())).indices] = True
-                g.view(-1)[~keep] = 0.0
+        k = settings.topk or log_g1.numel()  # a report in topk mode without k shows every head
+        self.g1, self.g2 = (
+            eval_gate(
+                la,
+                hc,
+                self.mode,
+                settings.hard_threshold,
+                topk_mask(la, k) if self.mode == "topk" else None,
+            )
+            for la in (log_g1, log_g2)
+        )
         self.norms = norms or {}
 
     @property
@@ -104,40 +107,42 @@ class GateReport:
 
     def heatmap(self, path: str | os.PathLike[str], title: str = "JoLA gates") -> Path:
         """Two side-by-side heatmaps (layers × heads): additive g1 and multiplicative g2."""
-        return plot_gate_heatmap(self.g1, self.g2, self.layers, path, title=f"{title} ({self.mode})")
+        return plot_gate_heatmap(
+            self.g1, self.g2, self.layers, path, title=f"{title} ({self.mode})"
+        )
 
 
 def gate_report(source: nn.Module | str | os.PathLike[str], mode: str | None = None) -> GateReport:
     """Report from a model with JoLA attached, or from an adapter directory."""
     if isinstance(source, nn.Module):
-        from .model import get_jola_state, jola_edits
-
         settings = get_jola_state(source).settings
-        edits = jola_edits(source)
-        layers = list(edits)
-        stack = lambda name: torch.stack([getattr(e, name).detach().float().cpu() for e in edits.values()])  # noqa: E731
-        g1, g2, a, v = stack("log_g1"), stack("log_g2"), stack("attn_A"), stack("attn_v")
+        layers = list(jola_edits(source))
+        tensors = jola_state_dict(source)
     else:
-        from .checkpoint import read_adapter
-
         meta, tensors = read_adapter(source)
         settings = JoLASettings.from_dict(meta.get("settings", {}), strict=False)
         layers = list(meta["applied_layers"])
-        stack = lambda name: torch.stack([tensors[f"layers.{i}.{name}"].float() for i in layers])  # noqa: E731
-        g1, g2, a, v = stack("log_g1"), stack("log_g2"), stack("attn_A"), stack("attn_v")
+    g1, g2, a, v = (
+        torch.stack([tensors[f"layers.{i}.{name}"].detach().float().cpu() for i in layers])
+        for name in ("log_g1", "log_g2", "attn_A", "attn_v")
+    )
     norms = {"norm_A": a.norm(dim=-1), "norm_v": v.norm(dim=-1)}
     return GateReport(layers, g1, g2, settings, norms, mode)
 
 
 def write_report(
-    source: nn.Module | str | os.PathLike[str], out_dir: str | os.PathLike[str], mode: str | None = None
+    source: nn.Module | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    mode: str | None = None,
 ) -> dict[str, Path]:
     """Write ``gates.md``, ``gates.json`` and ``gates.png`` into ``out_dir``."""
     rep = gate_report(source, mode)
     out = Path(out_dir)
     paths = {
         "markdown": atomic_write_text(out / "gates.md", rep.markdown()),
-        "json": atomic_write_json(out / "gates.json", {"summary": rep.summary(), "heads": rep.rows()}),
+        "json": atomic_write_json(
+            out / "gates.json", {"summary": rep.summary(), "heads": rep.rows()}
+        ),
         "heatmap": rep.heatmap(out / "gates.png"),
     }
     return paths

@@ -1,38 +1,50 @@
-"""One JoLA run from a config: load → attach → data → train → save → report → evaluate.
+"""One JoLA run from a config, in a run directory: load → attach → data → train → save → report → evaluate.
 
 Data (``data_config``): with ``train_file`` the records are read from JSON/JSONL (``eval_file`` is the
 held-out set; without it the rows after ``train_size`` are). Otherwise the built-in ``task`` is used:
 ``train_size`` training examples, the next ``eval_size`` training-split examples for validation (early
 stopping), and the task's held-out split (files the zoo model never saw) as the test set.
 
-Outputs in ``training_config.output_dir``: ``adapter/`` (the JoLA adapter), ``config.yaml`` (the
-resolved config), ``report/`` (gate table + heatmap) and ``eval.json`` (base vs JoLA on the test set).
+:func:`run_jola` writes into ``training_config.output_dir``, an :class:`olmokit.runs.RunDir`:
+``config.yaml`` (the resolved config) and ``environment.json``; ``checkpoints/checkpoint-<step>/``
+every ``training_config.save_steps`` optimizer steps (adapter, optimizer, LR scheduler, RNG, data
+position and the JoLA trainer state); then ``adapter/`` (the JoLA adapter), ``report/`` (gate table +
+heatmap) and ``eval.json`` (summary; base vs JoLA on the test set). ``resume=True`` continues a killed
+run from its newest complete checkpoint (bit-identical on CPU to an uninterrupted run) and refuses a
+directory made with another config; an existing run is never overwritten without ``overwrite=True``.
 Under ``accelerate launch`` only the main process writes and evaluates.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import TrainerCallback
 
 from ..data.readers import Record, read_records
 from ..data.tasks import MultipleChoiceExample, get_task, mc_examples_from_records
 from ..errors import DataError
-from ..eval import evaluate_examples
-from ..files import atomic_write_json
-from ..loading import load_model, load_tokenizer
+from ..eval import eval_mode, evaluate_examples
+from ..loading import load_model, load_tokenizer, resolve_device
+from ..runs import RunDir
 from .checkpoint import save_jola
 from .config import DataSection, JoLAConfig
-from .model import attach_jola, disable_jola, num_jola_parameters, resolve_device
+from .model import attach_jola, disable_jola, num_jola_parameters
 from .report import write_report
 from .train import JoLATrainer, training_arguments
 
-__all__ = ["RunData", "load_run_data", "heldout_examples", "train_jola", "compare_on"]
+__all__ = ["RunData", "compare_on", "heldout_examples", "load_run_data", "run_jola", "train_jola"]
+
+#: Test hook: the process sleeps after this optimizer step, so a test can SIGKILL it at a known point.
+HANG_ENV = "OLMOKIT_TEST_HANG_AFTER_STEP"
+#: keys of the saved config that may change between a run and its resume
+IGNORE_ON_RESUME = ("training_config.output_dir", "training_config.disable_tqdm")
 
 
 @dataclass
@@ -57,12 +69,20 @@ def heldout_examples(records: list[Record]) -> list[MultipleChoiceExample]:
     out = []
     for r in records:
         if r.kind == "prompt_completion":
-            out.append(MultipleChoiceExample(r.data["prompt"], (r.data["completion"],), 0, r.source, kind="prompt_completion"))
+            out.append(
+                MultipleChoiceExample(
+                    r.data["prompt"], (r.data["completion"],), 0, r.source, kind="prompt_completion"
+                )
+            )
         elif r.kind == "chat" and r.messages[-1]["role"] == "assistant":
             user = [m["content"] for m in r.messages if m["role"] == "user"]
             system = next((m["content"] for m in r.messages if m["role"] == "system"), None)
             if len(user) == 1:
-                out.append(MultipleChoiceExample(user[0], (r.messages[-1]["content"],), 0, r.source, system))
+                out.append(
+                    MultipleChoiceExample(
+                        user[0], (r.messages[-1]["content"],), 0, r.source, system
+                    )
+                )
     return out
 
 
@@ -89,7 +109,11 @@ def load_run_data(data: DataSection) -> RunData:
 
 
 def compare_on(
-    model: nn.Module, tokenizer: Any, examples: list[MultipleChoiceExample], batch_size: int = 16, progress: bool = True
+    model: nn.Module,
+    tokenizer: Any,
+    examples: list[MultipleChoiceExample],
+    batch_size: int = 16,
+    progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Base (JoLA disabled) vs JoLA on the same weights."""
     generate = True
@@ -103,15 +127,76 @@ def compare_on(
     return {"base": base, "jola": tuned}
 
 
-def train_jola(config: JoLAConfig, progress: bool = True, evaluate: bool = True) -> dict[str, Any]:
-    """Run a whole config; returns a summary (also written to ``<output_dir>/eval.json``)."""
+class _HangAfterStep(TrainerCallback):
+    """See :data:`HANG_ENV` (used by the SIGKILL-resume test only)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            time.sleep(3600)
+
+
+def _is_main_process() -> bool:
+    """Rank 0 (or no distributed launch); decided from the launcher's environment, because the run
+    directory is opened before ``TrainingArguments`` sets up the process group."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _open_run(config: JoLAConfig, resume: bool, overwrite: bool) -> RunDir:
+    out = config.training.output_dir
+    if _is_main_process():
+        return RunDir.create(
+            out,
+            config,
+            tool="jola",
+            resume=resume,
+            overwrite=overwrite,
+            seed=config.training.seed,
+            ignore_on_resume=IGNORE_ON_RESUME,
+        )
+    # other ranks only read it (the main process has created or checked it before the ranks meet)
+    return RunDir(out, tool="jola", resumed=resume)
+
+
+def run_jola(
+    config: JoLAConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    evaluate: bool = True,
+) -> RunDir:
+    """Run a whole config into its run directory (``training_config.output_dir``); see the module
+    docstring for what it holds. Returns the :class:`~olmokit.runs.RunDir`; the summary is its
+    ``eval.json``."""
+    return _run(config, resume=resume, overwrite=overwrite, progress=progress, evaluate=evaluate)[0]
+
+
+def train_jola(
+    config: JoLAConfig,
+    progress: bool = True,
+    evaluate: bool = True,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """:func:`run_jola`, returning the summary dict (also in ``<output_dir>/eval.json``)."""
+    return _run(config, resume=resume, overwrite=overwrite, progress=progress, evaluate=evaluate)[1]
+
+
+def _run(
+    config: JoLAConfig, *, resume: bool, overwrite: bool, progress: bool, evaluate: bool
+) -> tuple[RunDir, dict[str, Any]]:
     torch.manual_seed(config.training.seed)
-    data = load_run_data(config.data)  # bad data fails before the model is loaded
+    data = load_run_data(config.data)  # bad data fails before the model is loaded or a dir is made
     mc = config.model
+    device = resolve_device(mc.device)
     model = load_model(
         mc.pretrained_model_name_or_path,
         dtype=config.base_dtype(),
-        device="cpu" if mc.device == "auto" else resolve_device(mc.device),
+        device="cpu" if mc.device == "auto" else device,  # Trainer moves it to its device
         revision=mc.revision,
         attn_implementation=mc.attn_implementation,
         trust_remote_code=mc.trust_remote_code,
@@ -119,14 +204,19 @@ def train_jola(config: JoLAConfig, progress: bool = True, evaluate: bool = True)
     )
     tokenizer = load_tokenizer(mc.pretrained_model_name_or_path, revision=mc.revision)
     attach_jola(model, config.jola, mc.applied_layers)
-    out = Path(config.training.output_dir)
+    run = _open_run(config, resume, overwrite)
     overrides: dict[str, Any] = {}
-    if mc.device == "cpu" or (mc.device == "auto" and not torch.cuda.is_available()):
+    if device == "cpu":
         # also what makes `accelerate launch` / torchrun processes on a CPU machine form a gloo group
         overrides["use_cpu"] = True
     if not data.valid:
         overrides["eval_strategy"] = "no"
-    args = training_arguments(config.training, str(out), disable_tqdm=config.training.disable_tqdm or not progress, **overrides)
+    args = training_arguments(
+        config.training,
+        run.checkpoints,
+        disable_tqdm=config.training.disable_tqdm or not progress,
+        **overrides,
+    )
     trainer = JoLATrainer(
         model=model,
         args=args,
@@ -134,25 +224,32 @@ def train_jola(config: JoLAConfig, progress: bool = True, evaluate: bool = True)
         eval_dataset=data.valid or None,
         tokenizer=tokenizer,
         max_seq_length=config.data.max_seq_length,
+        jola_settings=config.jola,
         early_stopping_patience=config.training.early_stopping_patience,
         early_stopping_threshold=config.training.early_stopping_threshold,
     )
-    result = trainer.train()
+    trainer.last_good_dir = str(run.path / "last_good")
+    if os.environ.get(HANG_ENV):
+        trainer.add_callback(_HangAfterStep(int(os.environ[HANG_ENV])))
+    checkpoint = run.last_checkpoint() if run.resumed else None
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     summary: dict[str, Any] = {
         "train_loss": result.training_loss,
         "global_step": result.global_step,
         "world_size": args.world_size,
         "best": trainer.best,
         "jola_parameters": num_jola_parameters(model),
-        "output_dir": str(out),
+        "output_dir": str(run.path),
+        "resumed_from": str(checkpoint) if checkpoint else None,
     }
     if not args.should_save:  # non-main processes: the main one writes and evaluates
-        return summary
-    config.to_yaml(out / "config.yaml")
-    save_jola(model, out / "adapter", extra={"best": trainer.best})
-    summary["report"] = {k: str(v) for k, v in write_report(model, out / "report").items()}
+        return run, summary
+    save_jola(model, run.path / "adapter", extra={"best": trainer.best})
+    summary["report"] = {k: str(v) for k, v in write_report(model, run.path / "report").items()}
     if evaluate and data.test:
-        model.eval()
-        summary["test"] = compare_on(model, tokenizer, data.test, config.training.per_device_eval_batch_size, progress)
-    atomic_write_json(out / "eval.json", summary)
-    return summary
+        with eval_mode(model):
+            summary["test"] = compare_on(
+                model, tokenizer, data.test, config.training.per_device_eval_batch_size, progress
+            )
+    run.write_json("eval.json", summary)
+    return run, summary

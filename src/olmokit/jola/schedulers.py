@@ -26,6 +26,7 @@ constant   1.0   1
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -53,6 +54,18 @@ class GateScheduler:
 
     def on_evaluate(self, eval_loss: float) -> None:
         """Called after each evaluation (only ``perform`` uses it)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue exactly (stored in every training checkpoint)."""
+        return {"name": self.name, "step": self.step, "total_steps": self.total_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name") != self.name:
+            raise ConfigError(
+                f"checkpoint has gate scheduler {state.get('name')!r}, this run uses {self.name!r}"
+            )
+        self.total_steps = state.get("total_steps")
+        self.set_step(int(state["step"]))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(step={self.step}, value={self.value:.6g})"
@@ -99,6 +112,13 @@ class PerformScheduler(GateScheduler):
             self.value = self._level
         self._last = eval_loss
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "level": self._level, "last": self._last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._level, self._last = float(state["level"]), state["last"]
+        super().load_state_dict(state)
+
 
 SCHEDULERS: dict[str, type[GateScheduler]] = {
     "expon": ExponScheduler,
@@ -109,7 +129,9 @@ SCHEDULERS: dict[str, type[GateScheduler]] = {
 }
 
 
-def make_scheduler(spec: str | GateScheduler | None, total_steps: int | None = None) -> GateScheduler:
+def make_scheduler(
+    spec: str | GateScheduler | None, total_steps: int | None = None
+) -> GateScheduler:
     """A scheduler from a name (``None``/"" = constant) or an existing instance."""
     if isinstance(spec, GateScheduler):
         if total_steps is not None:

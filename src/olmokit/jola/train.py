@@ -1,21 +1,30 @@
 """Training JoLA with Hugging Face ``Trainer`` (so ``accelerate launch`` gives DDP/FSDP for free).
 
-:class:`JoLATrainer` is a small ``Trainer`` subclass that only
+:class:`JoLATrainer` is a small ``Trainer`` subclass (on the injection base's
+:class:`~olmokit.inject.FiniteLossGuard`) that only
 
 * adds the gate penalty to the task cross-entropy (training only; ``eval_loss`` stays pure CE),
   scaled consistently with gradient accumulation and DDP loss averaging;
 * steps the gate scheduler on optimizer steps (callback ``on_step_end``), never on evaluation;
 * keeps the best adapter by eval loss in memory, stops early (patience/threshold), and restores it at
-  the end — without writing full-model checkpoints (``save_model`` writes the adapter only);
+  the end;
+* writes the JoLA adapter only (``save_model`` and every ``checkpoint-<step>/``; never base weights),
+  and stores in each checkpoint what a resumed run needs beyond Trainer's own optimizer, scheduler,
+  RNG and data-position state: the gate scheduler, the early-stopping counters and the best adapter
+  so far (``jola_trainer_state.json``, ``jola_best.safetensors``), so a resumed run is bit-identical
+  to an uninterrupted one;
 * stops on a NaN/inf loss (all ranks agree), restores the last good adapter, saves it to
-  ``<output_dir>/last_good`` and raises :class:`TrainingDivergedError` naming the step.
+  ``<output_dir>/last_good`` and raises :class:`TrainingDivergedError` naming the step (the guard).
 
-:func:`train_jola` runs a whole config: load, attach, data, train, save, report, evaluate.
+The penalty settings and the gate scheduler come from the constructor (``jola_settings``,
+``gate_scheduler``), never from the model. :func:`olmokit.jola.run.run_jola` runs a whole config.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +32,16 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.collate import PaddingCollator
 from ..data.formatting import encode_records
 from ..data.readers import Record, read_records
-from ..errors import OlmokitError
-from .checkpoint import save_jola
+from ..errors import CheckpointError, OlmokitError
+from ..files import atomic_save_safetensors, atomic_write_json, load_safetensors
+from ..inject import FiniteLossGuard, TrainingDivergedError
+from ..inject import training_arguments as _training_arguments
+from .checkpoint import check_adapter_base, read_adapter, save_jola
 from .config import JoLASettings, TrainingSection
 from .layer import expected_gate, prob_open
 from .model import get_jola_state, jola_edits, jola_state_dict, load_jola_state_dict
@@ -36,15 +49,9 @@ from .schedulers import GateScheduler, make_scheduler
 
 __all__ = ["JoLATrainer", "TrainingDivergedError", "gate_penalty", "training_arguments"]
 
-
-class TrainingDivergedError(OlmokitError, RuntimeError):
-    """The loss (or a JoLA tensor) became NaN/inf; the last good adapter was restored."""
-
-
-class _NonFinite(Exception):
-    def __init__(self, what: str, step: int):
-        super().__init__(f"{what} at optimizer step {step}")
-        self.what, self.step = what, step
+#: files a JoLA checkpoint holds next to the adapter (besides Trainer's optimizer/scheduler/RNG state)
+TRAINER_STATE_FILE = "jola_trainer_state.json"
+BEST_FILE = "jola_best.safetensors"
 
 
 def gate_penalty(model: nn.Module, settings: JoLASettings, s_t: float) -> torch.Tensor:
@@ -74,28 +81,17 @@ def _prepare_dataset(data: Any, tokenizer: Any, max_length: int | None) -> Any:
 
 
 class _JoLACallback(TrainerCallback):
-    """Scheduler stepping, finite checks and snapshots, best-adapter tracking and early stopping."""
+    """Scheduler stepping, best-adapter tracking and early stopping."""
 
     def __init__(self, trainer: JoLATrainer):
         self.t = trainer
 
-    def _model(self) -> nn.Module:
-        return self.t.accelerator.unwrap_model(self.t.model)
-
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in jola_state_dict(self._model()).items()}
-
     def on_train_begin(self, args, state, control, **kwargs):
         self.t.gate_scheduler.total_steps = state.max_steps
         self.t.gate_scheduler.set_step(state.global_step)
-        self.t._last_good = (state.global_step, self._snapshot())
 
     def on_step_end(self, args, state, control, **kwargs):
         self.t.gate_scheduler.set_step(state.global_step)
-        snap = self._snapshot()
-        if not all(bool(torch.isfinite(v).all()) for v in snap.values()):
-            raise _NonFinite("non-finite JoLA parameter", state.global_step)
-        self.t._last_good = (state.global_step, snap)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")
@@ -104,7 +100,7 @@ class _JoLACallback(TrainerCallback):
         self.t.gate_scheduler.on_evaluate(loss)
         t = self.t
         if t._best is None or loss < t._best[0] - t.early_stopping_threshold:
-            t._best = (loss, state.global_step, self._snapshot())
+            t._best = (loss, state.global_step, t._jola_snapshot())
             t._bad_evals = 0
         else:
             t._bad_evals += 1
@@ -113,14 +109,15 @@ class _JoLACallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.t.restore_best and self.t._best is not None:
-            load_jola_state_dict(self._model(), self.t._best[2])
+            load_jola_state_dict(self.t._jola_model(), self.t._best[2])
 
 
-class JoLATrainer(Trainer):
+class JoLATrainer(FiniteLossGuard, Trainer):
     """``Trainer`` for a model with JoLA attached (seed-compatible: ``gate_scheduler="expon"``).
 
-    Extra keyword arguments: ``gate_scheduler`` (name or :class:`GateScheduler`; default from the
-    model's JoLA settings), ``jola_settings`` (penalty form and strength; default: the model's),
+    Extra keyword arguments: ``jola_settings`` (penalty form and strength, and the default gate
+    scheduler; default :class:`JoLASettings()` — pass the run's ``jola_config``),
+    ``gate_scheduler`` (name or :class:`GateScheduler`; ``"default"``: ``jola_settings``'s),
     ``tokenizer`` (alias of ``processing_class``), ``max_seq_length`` (for datasets given as records or
     paths), ``early_stopping_patience`` / ``early_stopping_threshold`` (on eval loss; None = off),
     ``restore_best`` (load the best adapter at the end, default True).
@@ -140,8 +137,8 @@ class JoLATrainer(Trainer):
         restore_best: bool = True,
         **kwargs: Any,
     ):
-        state = get_jola_state(model)
-        self.jola_settings = jola_settings or state.settings
+        get_jola_state(model)  # a model without JoLA is an error here, not at the first step
+        self.jola_settings = jola_settings if jola_settings is not None else JoLASettings()
         if isinstance(gate_scheduler, str) and gate_scheduler == "default":
             gate_scheduler = self.jola_settings.gate_scheduler
         self.gate_scheduler = make_scheduler(gate_scheduler)
@@ -157,9 +154,14 @@ class JoLATrainer(Trainer):
         self.restore_best = restore_best
         self._best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         self._bad_evals = 0
-        self._last_good: tuple[int, dict[str, torch.Tensor]] | None = None
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
         self.add_callback(_JoLACallback(self))
+
+    def _jola_model(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _jola_snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in jola_state_dict(self._jola_model()).items()}
 
     # ------------------------------------------------------------------ loss
     def _loss_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
@@ -169,19 +171,16 @@ class JoLATrainer(Trainer):
             self.compute_loss_func is not None
         )
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.isfinite(loss.detach()).all().float().reshape(1)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)  # every rank stops
-        return bool(flag.item() > 0)
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        ce, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        # the guard (FiniteLossGuard.compute_loss) stops on a non-finite CE before the penalty is added
+        ce, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
         loss = ce
         if model.training:
-            if not self._all_finite(ce):
-                raise _NonFinite(f"non-finite loss ({ce.item()})", self.state.global_step + 1)
-            penalty = gate_penalty(self.accelerator.unwrap_model(model), self.jola_settings, self.gate_scheduler.value)
+            penalty = gate_penalty(
+                self.accelerator.unwrap_model(model), self.jola_settings, self.gate_scheduler.value
+            )
             if self._loss_scaled_for_ga(num_items_in_batch):
                 # CE is already a share of the accumulated batch; the penalty must be counted once per
                 # optimizer step too. (DDP averages gradients, so adding it unscaled on every rank is right.)
@@ -195,30 +194,66 @@ class JoLATrainer(Trainer):
             with torch.no_grad():
                 hc = edits[0].hc
                 logs["gate_s"] = round(self.gate_scheduler.value, 6)
-                logs["open_add"] = int(sum(int((expected_gate(e.log_g1, hc) > 0).sum()) for e in edits))
-                logs["open_mult"] = int(sum(int((expected_gate(e.log_g2, hc) > 0).sum()) for e in edits))
+                logs["open_add"] = int(
+                    sum(int((expected_gate(e.log_g1, hc) > 0).sum()) for e in edits)
+                )
+                logs["open_mult"] = int(
+                    sum(int((expected_gate(e.log_g2, hc) > 0).sum()) for e in edits)
+                )
         super().log(logs, start_time)
 
-    # ------------------------------------------------------------------ train / save
-    def train(self, *args: Any, **kwargs: Any):
-        try:
-            return super().train(*args, **kwargs)
-        except _NonFinite as exc:
-            model = self.accelerator.unwrap_model(self.model)
-            good_step, good = self._last_good or (0, None)
-            if good is not None:
-                load_jola_state_dict(model, good)
-            where = ""
-            if self.args.should_save:
-                where = f" and saved it to {save_jola(model, Path(self.args.output_dir) / 'last_good')}"
-            raise TrainingDivergedError(
-                f"{exc}; training stopped, restored the adapter from optimizer step {good_step}{where}"
-            ) from None
-
+    # ------------------------------------------------------------------ save / resume
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Checkpoints and ``save_model`` write the JoLA adapter only, never the base weights."""
         if self.args.should_save:
-            save_jola(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+            save_jola(self._jola_model(), output_dir or self.args.output_dir)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # The JoLA state goes in first: Trainer writes trainer_state.json last, and a checkpoint
+        # counts as complete only once that file exists (olmokit.runs.RunDir.last_checkpoint).
+        if self.args.should_save:
+            folder = (
+                Path(self._get_output_dir(trial=trial))
+                / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            self._save_jola_trainer_state(folder)
+        super()._save_checkpoint(model, trial)
+
+    def _save_jola_trainer_state(self, folder: Path) -> None:
+        best = None
+        if self._best is not None:
+            best = {"eval_loss": self._best[0], "step": self._best[1]}
+            atomic_save_safetensors(folder / BEST_FILE, self._best[2])
+        state = {
+            "scheduler": self.gate_scheduler.state_dict(),
+            "best": best,
+            "bad_evals": self._bad_evals,
+        }
+        atomic_write_json(folder / TRAINER_STATE_FILE, state)
+
+    def _load_from_checkpoint(
+        self, resume_from_checkpoint: str, model: nn.Module | None = None
+    ) -> None:
+        """Resume: the adapter from the checkpoint (checked against this base) and the JoLA state."""
+        folder = Path(resume_from_checkpoint)
+        meta, tensors = read_adapter(folder)
+        check_adapter_base(meta, self._jola_model(), f"checkpoint {folder}")
+        load_jola_state_dict(self._jola_model(), tensors)
+        state_path = folder / TRAINER_STATE_FILE
+        if not state_path.is_file():
+            raise CheckpointError(
+                f"{folder} has no {TRAINER_STATE_FILE}; it was not written by JoLATrainer"
+            )
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{state_path}: invalid JSON ({exc})") from None
+        self.gate_scheduler.load_state_dict(state["scheduler"])
+        self._bad_evals = int(state["bad_evals"])
+        self._best = None
+        if state["best"] is not None:
+            best = load_safetensors(folder / BEST_FILE)
+            self._best = (float(state["best"]["eval_loss"]), int(state["best"]["step"]), best)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -226,35 +261,9 @@ class JoLATrainer(Trainer):
         return None if self._best is None else {"eval_loss": self._best[0], "step": self._best[1]}
 
 
-def training_arguments(section: TrainingSection, output_dir: str | None = None, **overrides: Any) -> TrainingArguments:
-    """``TrainingArguments`` from the ``training_config`` section (no full-model checkpoints)."""
-    kw: dict[str, Any] = dict(
-        output_dir=output_dir or section.output_dir,
-        learning_rate=section.learning_rate,
-        per_device_train_batch_size=section.per_device_train_batch_size,
-        per_device_eval_batch_size=section.per_device_eval_batch_size,
-        gradient_accumulation_steps=section.gradient_accumulation_steps,
-        num_train_epochs=section.num_train_epochs,
-        max_steps=section.max_steps,
-        warmup_steps=section.warmup_steps,
-        lr_scheduler_type=section.lr_scheduler_type,
-        weight_decay=section.weight_decay,
-        max_grad_norm=section.max_grad_norm,
-        bf16=section.bf16,
-        seed=section.seed,
-        eval_strategy=section.eval_strategy,
-        eval_steps=section.eval_steps,
-        logging_steps=section.logging_steps,
-        save_strategy="no",
-        dataloader_num_workers=section.dataloader_num_workers,
-        disable_tqdm=section.disable_tqdm,
-        report_to=section.report_to or "none",
-        remove_unused_columns=False,
-        ddp_find_unused_parameters=False,
-    )
-    if section.gradient_checkpointing:
-        # non-reentrant: with a frozen base, reentrant checkpointing would cut the edit's gradients
-        kw.update(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False})
-    kw.update(section.extra_args)
-    kw.update(overrides)
-    return TrainingArguments(**kw)
+def training_arguments(
+    section: TrainingSection, output_dir: str | os.PathLike[str] | None = None, **overrides: Any
+) -> TrainingArguments:
+    """``TrainingArguments`` from the ``training_config`` section (``model_dump`` through the injection
+    base; adapter-only checkpoints every ``save_steps`` optimizer steps, none when it is null)."""
+    return _training_arguments(section, output_dir, **overrides)
