@@ -111,16 +111,31 @@ def plot_attention_pattern(
     return _save(fig, path)
 
 
-def plot_head_scores(scores: Any, path: PathLike, title: str = "", cmap: str = "viridis") -> Path:
-    """``[n_layers, n_heads]`` scores (e.g. induction) with values written in the cells."""
+def plot_head_scores(
+    scores: Any,
+    path: PathLike,
+    title: str = "",
+    cmap: str = "viridis",
+    symmetric: bool = False,
+) -> Path:
+    """``[n_layers, n_heads]`` scores (e.g. induction) with values written in the cells.
+
+    ``symmetric`` is for signed scores (attributions): a diverging colour map centred at 0, so a
+    head that pushes against the answer is as visible as one that pushes for it.
+    """
     scores = _array(scores)
     n_layers, n_heads = scores.shape
     fig = _figure((1.2 + 0.7 * n_heads, 1.2 + 0.6 * n_layers))
     ax = fig.subplots()
-    im = ax.imshow(scores, cmap=cmap, aspect="auto")
+    if symmetric:
+        bound = max(float(abs(scores).max()), 1e-6)
+        im = ax.imshow(scores, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+    else:
+        im = ax.imshow(scores, cmap=cmap, aspect="auto")
+    color = "k" if symmetric else "w"  # dark text on the light middle of a diverging map
     for i in range(n_layers):
         for h in range(n_heads):
-            ax.text(h, i, f"{scores[i, h]:.2f}", ha="center", va="center", fontsize=7, color="w")
+            ax.text(h, i, f"{scores[i, h]:.2f}", ha="center", va="center", fontsize=7, color=color)
     ax.set_xticks(range(n_heads))
     ax.set_yticks(range(n_layers))
     ax.set_xlabel("head")
