@@ -62,7 +62,7 @@ class HookedOlmo(nn.Module):
             hp = HookPoint(name, on_change=self._on_hook_change)
             self._attach(name, hp)
             self.hook_dict[name] = hp
-        self.wiring = Wiring(self.adapter, self.hook_dict)
+        self.wiring = Wiring(self.adapter)
         self._context_level = 0
 
     def _attach(self, name: str, hp: HookPoint) -> None:

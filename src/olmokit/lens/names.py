@@ -17,10 +17,7 @@ from dataclasses import dataclass
 
 from ..family import FamilyAdapter
 
-__all__ = ["HookSpec", "hook_specs", "get_act_name", "resolve_name", "SHAPE_SYMBOLS"]
-
-#: Symbols used in shapes. ``key_pos`` equals ``pos`` (no KV cache in hooked runs).
-SHAPE_SYMBOLS = ("batch", "pos", "key_pos", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "one")
+__all__ = ["HookSpec", "hook_specs", "get_act_name", "resolve_name"]
 
 
 @dataclass(frozen=True)
@@ -31,12 +28,9 @@ class HookSpec:
     layer: int | None
     shape: tuple[str, ...]
     doc: str
-    fp32: bool = False  #: norm scales are computed in fp32 (as HF's norms do) whatever the model dtype
-
-    @property
-    def short(self) -> str:
-        """Name without the ``blocks.{i}.`` prefix (``attn.hook_q``)."""
-        return self.name.split(".", 2)[2] if self.layer is not None else self.name
+    fp32: bool = (
+        False  #: norm scales are computed in fp32 (as HF's norms do) whatever the model dtype
+    )
 
 
 _RESID = ("batch", "pos", "d_model")
@@ -44,33 +38,117 @@ _SCALE = ("batch", "pos", "one")
 
 # (short name, shape, doc, generations) — ``{ln1}``/``{ln2}`` are expanded per generation below.
 _BLOCK_HOOKS: list[tuple[str, tuple[str, ...], str, tuple[int, ...]]] = [
-    ("hook_resid_pre", _RESID, "residual stream entering the block (= HF hidden_states[i])", (1, 2, 3)),
-    ("ln1.hook_scale", _SCALE, "std of resid_pre (divisor) in input_layernorm (non-parametric LayerNorm)", (1,)),
+    (
+        "hook_resid_pre",
+        _RESID,
+        "residual stream entering the block (= HF hidden_states[i])",
+        (1, 2, 3),
+    ),
+    (
+        "ln1.hook_scale",
+        _SCALE,
+        "std of resid_pre (divisor) in input_layernorm (non-parametric LayerNorm)",
+        (1,),
+    ),
     ("ln1.hook_normalized", _RESID, "input_layernorm output = attention input", (1,)),
-    ("attn.hook_q", ("batch", "pos", "n_heads", "d_head"), "queries per head after clip_qkv (v1) / q_norm (v2/3) and RoPE", (1, 2, 3)),
-    ("attn.hook_k", ("batch", "pos", "n_kv_heads", "d_head"), "keys per KV head after clip_qkv / k_norm and RoPE (before GQA repeat)", (1, 2, 3)),
-    ("attn.hook_v", ("batch", "pos", "n_kv_heads", "d_head"), "values per KV head after clip_qkv (no norm, no RoPE)", (1, 2, 3)),
-    ("attn.hook_attn_scores", ("batch", "n_heads", "pos", "key_pos"), "scaled q·k plus additive mask (finfo.min where masked), pre-softmax; forces eager math in this layer", (1, 2, 3)),
-    ("attn.hook_pattern", ("batch", "n_heads", "pos", "key_pos"), "softmax attention weights (sliding-window layers: exactly 0 outside the window); forces eager math in this layer", (1, 2, 3)),
-    ("attn.hook_z", ("batch", "pos", "n_heads", "d_head"), "per-head attention output = o_proj input", (1, 2, 3)),
-    ("attn.hook_raw_out", _RESID, "o_proj output before post_attention_layernorm (NOT added to the residual)", (2, 3)),
-    ("ln1_post.hook_scale", _SCALE, "rms of attn raw_out (divisor) in post_attention_layernorm", (2, 3)),
-    ("hook_attn_out", _RESID, "what attention adds to the residual (v1: o_proj output; v2/3: post-norm output)", (1, 2, 3)),
+    (
+        "attn.hook_q",
+        ("batch", "pos", "n_heads", "d_head"),
+        "queries per head after clip_qkv (v1) / q_norm (v2/3) and RoPE",
+        (1, 2, 3),
+    ),
+    (
+        "attn.hook_k",
+        ("batch", "pos", "n_kv_heads", "d_head"),
+        "keys per KV head after clip_qkv / k_norm and RoPE (before GQA repeat)",
+        (1, 2, 3),
+    ),
+    (
+        "attn.hook_v",
+        ("batch", "pos", "n_kv_heads", "d_head"),
+        "values per KV head after clip_qkv (no norm, no RoPE)",
+        (1, 2, 3),
+    ),
+    (
+        "attn.hook_attn_scores",
+        ("batch", "n_heads", "pos", "key_pos"),
+        "scaled q·k plus additive mask (finfo.min where masked), pre-softmax; forces eager math in this layer",
+        (1, 2, 3),
+    ),
+    (
+        "attn.hook_pattern",
+        ("batch", "n_heads", "pos", "key_pos"),
+        "softmax attention weights (sliding-window layers: exactly 0 outside the window); forces eager math in this layer",
+        (1, 2, 3),
+    ),
+    (
+        "attn.hook_z",
+        ("batch", "pos", "n_heads", "d_head"),
+        "per-head attention output = o_proj input",
+        (1, 2, 3),
+    ),
+    (
+        "attn.hook_raw_out",
+        _RESID,
+        "o_proj output before post_attention_layernorm (NOT added to the residual)",
+        (2, 3),
+    ),
+    (
+        "ln1_post.hook_scale",
+        _SCALE,
+        "rms of attn raw_out (divisor) in post_attention_layernorm",
+        (2, 3),
+    ),
+    (
+        "hook_attn_out",
+        _RESID,
+        "what attention adds to the residual (v1: o_proj output; v2/3: post-norm output)",
+        (1, 2, 3),
+    ),
     ("hook_resid_mid", _RESID, "resid_pre + attn_out (exactly)", (1, 2, 3)),
-    ("ln2.hook_scale", _SCALE, "std of resid_mid (divisor) in the pre-MLP norm (HF's post_attention_layernorm in v1!)", (1,)),
+    (
+        "ln2.hook_scale",
+        _SCALE,
+        "std of resid_mid (divisor) in the pre-MLP norm (HF's post_attention_layernorm in v1!)",
+        (1,),
+    ),
     ("ln2.hook_normalized", _RESID, "pre-MLP norm output = MLP input", (1,)),
     ("mlp.hook_pre", ("batch", "pos", "d_mlp"), "gate_proj output (before SiLU)", (1, 2, 3)),
     ("mlp.hook_pre_linear", ("batch", "pos", "d_mlp"), "up_proj output", (1, 2, 3)),
     ("mlp.hook_post", ("batch", "pos", "d_mlp"), "silu(gate) * up = down_proj input", (1, 2, 3)),
-    ("mlp.hook_raw_out", _RESID, "down_proj output before post_feedforward_layernorm (NOT added to the residual)", (2, 3)),
-    ("ln2_post.hook_scale", _SCALE, "rms of mlp raw_out (divisor) in post_feedforward_layernorm", (2, 3)),
-    ("hook_mlp_out", _RESID, "what the MLP adds to the residual (v1: down_proj output; v2/3: post-norm output)", (1, 2, 3)),
-    ("hook_resid_post", _RESID, "resid_mid + mlp_out (exactly) = HF hidden_states[i+1] (HF's last entry is after the final norm)", (1, 2, 3)),
+    (
+        "mlp.hook_raw_out",
+        _RESID,
+        "down_proj output before post_feedforward_layernorm (NOT added to the residual)",
+        (2, 3),
+    ),
+    (
+        "ln2_post.hook_scale",
+        _SCALE,
+        "rms of mlp raw_out (divisor) in post_feedforward_layernorm",
+        (2, 3),
+    ),
+    (
+        "hook_mlp_out",
+        _RESID,
+        "what the MLP adds to the residual (v1: down_proj output; v2/3: post-norm output)",
+        (1, 2, 3),
+    ),
+    (
+        "hook_resid_post",
+        _RESID,
+        "resid_mid + mlp_out (exactly) = HF hidden_states[i+1] (HF's last entry is after the final norm)",
+        (1, 2, 3),
+    ),
 ]
 
 _GLOBAL_PRE = [("hook_embed", _RESID, "token embeddings (= resid_pre of block 0)")]
 _GLOBAL_POST = [
-    ("ln_final.hook_scale", _SCALE, "rms (v1: std) of the last resid_post, the final norm's divisor"),
+    (
+        "ln_final.hook_scale",
+        _SCALE,
+        "rms (v1: std) of the last resid_post, the final norm's divisor",
+    ),
     ("ln_final.hook_normalized", _RESID, "final norm output = lm_head input"),
 ]
 

@@ -53,7 +53,9 @@ class CachePlan:
         return self
 
     def summary(self) -> str:
-        return f"{len(self.entries)} hooks, {format_bytes(self.unique_bytes)} (aliases counted once)"
+        return (
+            f"{len(self.entries)} hooks, {format_bytes(self.unique_bytes)} (aliases counted once)"
+        )
 
 
 def plan_cache(
@@ -64,6 +66,7 @@ def plan_cache(
     dtype: torch.dtype,
     names: Sequence[str],
 ) -> CachePlan:
+    # every symbol a HookSpec shape uses; ``key_pos`` equals ``pos`` (hooked runs have no KV cache)
     sizes = {
         "batch": batch,
         "pos": seq,
@@ -79,7 +82,6 @@ def plan_cache(
     entries = []
     chosen = set(names)
     total = unique = 0
-    n_layers = cfg["n_layers"]
     for name in names:
         spec = specs[name]
         shape = tuple(sizes[s] for s in spec.shape)
@@ -89,12 +91,12 @@ def plan_cache(
         nbytes = n * (4 if spec.fp32 else itemsize)
         entries.append((name, shape, nbytes))
         total += nbytes
-        if not _is_alias(name, chosen, n_layers):
+        if not _is_alias(name, chosen):
             unique += nbytes
     return CachePlan(tuple(entries), total, unique)
 
 
-def _is_alias(name: str, chosen: set[str], n_layers: int) -> bool:
+def _is_alias(name: str, chosen: set[str]) -> bool:
     """True when ``name`` holds the same tensor as another selected name that is counted instead."""
     if name == "hook_embed":
         return "blocks.0.hook_resid_pre" in chosen

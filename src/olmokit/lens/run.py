@@ -157,10 +157,6 @@ def _token_record(model: HookedOlmo, token: int) -> dict[str, Any]:
     return {"id": int(token), "text": text}
 
 
-def _str_tokens(model: HookedOlmo, tokens: torch.Tensor) -> list[str] | None:
-    return model.to_str_tokens(tokens) if model.tokenizer is not None else None
-
-
 # ------------------------------------------------------------------------------------------ jobs
 def _logit_lens(model: HookedOlmo, job: LogitLensJob, run: RunDir, name: str) -> dict[str, Any]:
     tokens = _tokens(model, job.prompt, "logit_lens prompt")

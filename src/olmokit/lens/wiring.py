@@ -226,9 +226,9 @@ class _Modules:
 class Wiring:
     """Connects the hook points of one model to its HF modules (see the module docstring)."""
 
-    def __init__(self, adapter: FamilyAdapter, hook_points: dict[str, HookPoint]):
+    def __init__(self, adapter: FamilyAdapter):
         _register_attention_function()
-        self.adapter, self.hook_points = adapter, hook_points
+        self.adapter = adapter
         self._mod = _Modules()
         self._config_copies: dict[tuple, tuple[Any, Any]] = {}
         self._taps: dict[tuple[int, str], _Tap] = {}
