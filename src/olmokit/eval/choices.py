@@ -127,9 +127,9 @@ def _choice_logprobs_full(
     model: nn.Module,
     tokenizer: Any,
     examples: Sequence[MultipleChoiceExample],
-    batch_size: int = 16,
-    max_length: int | None = None,
-    progress: bool = False,
+    batch_size: int,
+    max_length: int | None,
+    progress: bool,
 ) -> list[list[float]]:
     """Reference scorer: every (prompt + choice) as its own full sequence."""
     device = model_device(model)
