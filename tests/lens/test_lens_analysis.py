@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
+from olmokit.family import get_adapter
 from olmokit.lens.attribution import direct_logit_attribution
 from olmokit.lens.heads import ablate_heads, head_ablation_scan, induction_score, repeated_tokens
 from olmokit.lens.logit_lens import logit_lens
@@ -15,7 +18,10 @@ def test_logit_lens_last_row_is_the_model(hooked, tokens):
     assert result.labels[-1] == "final_post" and result.logits.shape[0] == n + 1
     torch.testing.assert_close(result.logits[-1], hooked(tokens[:1])[0], rtol=0, atol=0)
     assert result.top_ids.shape == (n + 1, tokens.shape[1], 3)
-    assert torch.isnan(result.target_probs[:, -1]).all() and not torch.isnan(result.target_probs[:, :-1]).any()
+    assert (
+        torch.isnan(result.target_probs[:, -1]).all()
+        and not torch.isnan(result.target_probs[:, :-1]).any()
+    )
 
 
 def test_dla_components_sum_to_the_logit(hooked, tokens):
@@ -27,22 +33,67 @@ def test_dla_components_sum_to_the_logit(hooked, tokens):
     torch.testing.assert_close(result.values.sum(0), result.total, rtol=1e-4, atol=1e-5)
     assert result.values.abs().max() > 1e-4 and result.top(3)[0][0] in result.labels
     single = direct_logit_attribution(hooked, tokens[:1], answer=7, pos=3)
-    torch.testing.assert_close(single.values.sum(0), hooked(tokens[:1])[:, 3, 7], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        single.values.sum(0), hooked(tokens[:1])[:, 3, 7], rtol=1e-4, atol=1e-5
+    )
 
 
-def test_ablating_every_head_removes_attention(hooked, tokens):
+def _without_heads(model, layer: int, heads: list[int], replacement: torch.Tensor | None = None):
+    """Reference without hooks: a copy of the HF model whose o_proj ignores the given heads' columns
+    (and, for mean ablation, adds ``W_O_h @ mean_h`` as a bias instead)."""
+    ref = copy.deepcopy(model)
+    a = get_adapter(ref)
+    o_proj, d = a.o_proj(layer), a.head_dim
+    with torch.no_grad():
+        added = torch.zeros(o_proj.out_features)
+        for h in heads:
+            cols = slice(h * d, (h + 1) * d)
+            if replacement is not None:
+                added += o_proj.weight[:, cols] @ replacement[h]
+            o_proj.weight[:, cols] = 0
+        if replacement is not None:
+            bias = o_proj.bias if o_proj.bias is not None else 0
+            o_proj.bias = torch.nn.Parameter(added + bias)
+    return ref
+
+
+def test_head_ablation_matches_a_model_without_those_heads(hooked, tokens):
     a = hooked.adapter
     heads = [(0, h) for h in range(a.num_heads)]
     logits = ablate_heads(hooked, tokens, heads, mode="zero")
+    reference = _without_heads(hooked.model, 0, list(range(a.num_heads)))
+    with torch.no_grad():
+        torch.testing.assert_close(logits, reference(input_ids=tokens).logits, rtol=1e-5, atol=1e-5)
     _, cache = hooked.run_with_cache(
-        tokens, fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: torch.zeros_like(z))], names_filter=["blocks.0.hook_attn_out"]
+        tokens,
+        fwd_hooks=[("blocks.0.attn.hook_z", lambda z, hook: torch.zeros_like(z))],
+        names_filter=["blocks.0.hook_attn_out"],
     )
     assert torch.equal(cache["attn_out", 0], torch.zeros_like(cache["attn_out", 0]))
-    assert not torch.allclose(logits, hooked(tokens))
+    # mean ablation: the head's output is its mean over batch and positions
+    _, z_cache = hooked.run_with_cache(tokens, names_filter=["blocks.1.attn.hook_z"])
+    mean_z = z_cache["z", 1].mean(dim=(0, 1))
     mean = ablate_heads(hooked, tokens, [(1, 0)], mode="mean")
-    assert not torch.allclose(mean, logits)
+    reference = _without_heads(hooked.model, 1, [0], replacement=mean_z)
+    with torch.no_grad():
+        torch.testing.assert_close(mean, reference(input_ids=tokens).logits, rtol=1e-5, atol=1e-5)
+    # the scan is metric(ablated) - metric(clean), head by head
     scan = head_ablation_scan(hooked, tokens[:1], lambda lg: lg[0, -1, 7])
-    assert scan.shape == (a.num_layers, a.num_heads) and scan.abs().sum() > 0
+    with torch.no_grad():
+        base = hooked.model(input_ids=tokens[:1]).logits[0, -1, 7]
+        expected = torch.tensor(
+            [
+                [
+                    float(
+                        _without_heads(hooked.model, i, [h])(input_ids=tokens[:1]).logits[0, -1, 7]
+                        - base
+                    )
+                    for h in range(a.num_heads)
+                ]
+                for i in range(a.num_layers)
+            ]
+        )
+    torch.testing.assert_close(scan, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_repeated_tokens_shape():

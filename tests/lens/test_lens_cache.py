@@ -11,11 +11,17 @@ def test_indexing_and_new_caches(hooked, tokens):
     _, cache = hooked.run_with_cache(tokens)
     assert torch.equal(cache["q", 1], cache["blocks.1.attn.hook_q"])
     assert torch.equal(cache["q1"], cache["blocks.1.attn.hook_q"])
-    assert torch.equal(cache["resid_post", -1], cache[f"blocks.{hooked.adapter.num_layers - 1}.hook_resid_post"])
+    assert torch.equal(
+        cache["resid_post", -1], cache[f"blocks.{hooked.adapter.num_layers - 1}.hook_resid_post"]
+    )
     assert ("pattern", 0) in cache and "nope" not in cache
     one = cache.apply_slice_to_batch_dim(0).remove_batch_dim()
     assert isinstance(one, ActivationCache) and one["z", 0].shape == cache["z", 0].shape[1:]
-    assert cache.stack_activation("resid_post").shape == (hooked.adapter.num_layers, *tokens.shape, hooked.adapter.hidden_size)
+    assert cache.stack_activation("resid_post").shape == (
+        hooked.adapter.num_layers,
+        *tokens.shape,
+        hooked.adapter.hidden_size,
+    )
 
 
 def test_accumulated_resid_logit_lens_ends_at_logits(hooked, tokens):
@@ -38,7 +44,9 @@ def test_decompose_resid_sums_to_residual(hooked, tokens):
     torch.testing.assert_close(mid.sum(0), cache["resid_mid", 1], rtol=1e-5, atol=1e-5)
     # frozen final scale: normalised components sum to the normalised residual
     normed = cache.decompose_resid(apply_ln=True)
-    torch.testing.assert_close(normed.sum(0), cache["ln_final.hook_normalized"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        normed.sum(0), cache["ln_final.hook_normalized"], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_head_results_sum_to_attn_out(hooked, tokens):
@@ -51,6 +59,8 @@ def test_head_results_sum_to_attn_out(hooked, tokens):
         heads = stack[i * a.num_heads : (i + 1) * a.num_heads]
         torch.testing.assert_close(heads.sum(0), cache["attn_out", i], rtol=1e-4, atol=1e-5)
     # the same with only the minimal hooks cached (scale recomputed from raw_out on OLMo-2/3)
-    minimal = ["blocks.0.attn.hook_z"] + (["blocks.0.attn.hook_raw_out"] if a.norm_placement == "post" else [])
+    minimal = ["blocks.0.attn.hook_z"] + (
+        ["blocks.0.attn.hook_raw_out"] if a.norm_placement == "post" else []
+    )
     _, small = hooked.run_with_cache(tokens, names_filter=minimal)
     torch.testing.assert_close(small.head_results(0), cache.head_results(0))

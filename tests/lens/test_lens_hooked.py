@@ -7,6 +7,7 @@ import torch
 from lens_helpers import no_pattern, torch_hook_count
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from olmokit.family import get_adapter
 from olmokit.lens import HookedOlmo
 from olmokit.zoo.presets import random_model
 
@@ -77,7 +78,11 @@ def test_q_is_after_norm_and_rope(hooked, tokens):
     """hook_q = RoPE(q_norm(q_proj(x))) per head; checked by recomputing from the attention input."""
     _, cache = hooked.run_with_cache(tokens)
     a = hooked.adapter
-    x = cache["blocks.0.ln1.hook_normalized"] if a.norm_placement == "pre" else cache["resid_pre", 0]
+    x = (
+        cache["blocks.0.ln1.hook_normalized"]
+        if a.norm_placement == "pre"
+        else cache["resid_pre", 0]
+    )
     q = a.q_proj(0)(x)
     if a.q_norm(0) is not None:
         q = a.q_norm(0)(q)
@@ -139,7 +144,9 @@ def test_padding_mask_respected(hooked):
     mask = torch.ones_like(tokens)
     mask[0, :3] = 0  # left padding in the first row
     with torch.no_grad():
-        _, cache = hooked.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"), attention_mask=mask)
+        _, cache = hooked.run_with_cache(
+            tokens, names_filter=lambda n: n.endswith("hook_pattern"), attention_mask=mask
+        )
     assert torch.all(cache["pattern", 0][0, :, 3:, :3] == 0)
     # the unpadded row still attends to its first token (within OLMo-3's window of 8)
     assert torch.all(cache["pattern", 0][1, :, 1:8, 0] > 0)
@@ -151,7 +158,12 @@ def test_hooks_removed_after_exception(hooked, tokens):
     def boom(x, hook):
         raise RuntimeError("boom")
 
-    for name in ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_pattern", "blocks.0.hook_resid_mid", "blocks.1.mlp.hook_post"]:
+    for name in [
+        "blocks.0.hook_resid_pre",
+        "blocks.1.attn.hook_pattern",
+        "blocks.0.hook_resid_mid",
+        "blocks.1.mlp.hook_post",
+    ]:
         with pytest.raises(RuntimeError, match="boom"):
             hooked.run_with_hooks(tokens, fwd_hooks=[(name, boom)])
         with pytest.raises(RuntimeError, match="boom"):
@@ -161,7 +173,9 @@ def test_hooks_removed_after_exception(hooked, tokens):
                 raise RuntimeError("boom")
     assert torch_hook_count(model) == 0
     assert not any(hp.has_hooks for hp in hooked.hook_dict.values())
-    assert all(hooked.adapter.attention(i).config is model.config for i in range(hooked.adapter.num_layers))
+    assert all(
+        hooked.adapter.attention(i).config is model.config for i in range(hooked.adapter.num_layers)
+    )
     assert hooked.wiring.active_names == []
     assert torch.equal(hooked(tokens), model(input_ids=tokens, use_cache=False).logits)
 
@@ -191,13 +205,20 @@ def test_scale_hook_edit_recomputes_norm(hooked, tokens):
 
 def test_permanent_hooks_and_reset(hooked, tokens):
     seen = []
-    hooked.add_hook("blocks.0.hook_resid_post", lambda x, hook: seen.append(hook.name), is_permanent=True)
+    hooked.add_hook(
+        "blocks.0.hook_resid_post", lambda x, hook: seen.append(hook.name), is_permanent=True
+    )
     with hooked.hooks(fwd_hooks=[("embed", lambda x, hook: seen.append(hook.name))]):
         hooked(tokens)
     hooked(tokens)
     hooked.reset_hooks()
     hooked(tokens)
-    assert seen == ["hook_embed", "blocks.0.hook_resid_post", "blocks.0.hook_resid_post", "blocks.0.hook_resid_post"]
+    assert seen == [
+        "hook_embed",
+        "blocks.0.hook_resid_post",
+        "blocks.0.hook_resid_post",
+        "blocks.0.hook_resid_post",
+    ]
     hooked.reset_hooks(including_permanent=True)
     assert torch_hook_count(hooked.model) == 0
 
@@ -208,14 +229,29 @@ def test_backward_hooks(hooked, tokens):
     def save(g, hook):
         grads[hook.name] = g
 
-    names = ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.0.attn.hook_q", "blocks.1.attn.hook_pattern"]
+    names = [
+        "blocks.0.hook_resid_pre",
+        "blocks.1.attn.hook_z",
+        "blocks.0.attn.hook_q",
+        "blocks.1.attn.hook_pattern",
+    ]
     with hooked.hooks(bwd_hooks=[(n, save) for n in names]):
         hooked(tokens, return_type="loss").backward()
     assert set(grads) == set(names)
     assert grads["blocks.1.attn.hook_z"].shape == (2, 20, 4, hooked.adapter.head_dim)
-    assert grads["blocks.0.hook_resid_pre"].abs().sum() > 0
+    # reference: d loss / d embeddings from plain HF autograd (inputs_embeds), no hooks
+    model = hooked.model
+    embeds = get_adapter(model).embed_tokens()(tokens).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)
+    )
+    (ref_grad,) = torch.autograd.grad(loss, embeds)
+    torch.testing.assert_close(grads["blocks.0.hook_resid_pre"], ref_grad, rtol=1e-4, atol=1e-7)
     _, cache = hooked.run_with_cache(tokens, names_filter=names[:2], incl_bwd=True)
-    torch.testing.assert_close(cache["blocks.0.hook_resid_pre_grad"], grads["blocks.0.hook_resid_pre"])
+    torch.testing.assert_close(
+        cache["blocks.0.hook_resid_pre_grad"], grads["blocks.0.hook_resid_pre"]
+    )
     assert torch_hook_count(hooked.model) == 0
 
 

@@ -25,9 +25,22 @@ def test_hook_sets_per_generation(tiny_model):
     adapter = get_adapter(tiny_model)
     specs = hook_specs(adapter)
     common = ["hook_embed", "ln_final.hook_scale", "ln_final.hook_normalized"]
-    per_block = ["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
-                 "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_pattern",
-                 "attn.hook_attn_scores", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post"]
+    per_block = [
+        "hook_resid_pre",
+        "hook_resid_mid",
+        "hook_resid_post",
+        "hook_attn_out",
+        "hook_mlp_out",
+        "attn.hook_q",
+        "attn.hook_k",
+        "attn.hook_v",
+        "attn.hook_z",
+        "attn.hook_pattern",
+        "attn.hook_attn_scores",
+        "mlp.hook_pre",
+        "mlp.hook_pre_linear",
+        "mlp.hook_post",
+    ]
     for name in common:
         assert name in specs
     for i in range(adapter.num_layers):

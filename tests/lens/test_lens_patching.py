@@ -28,7 +28,9 @@ def test_patching_own_clean_activation_restores_clean_logits_exactly(hooked, pro
         )
         assert torch.equal(out, clean_logits), (name, layer)
         # and a clean run patched with itself is the clean run, bit for bit
-        same = hooked.run_with_hooks(clean, fwd_hooks=[((name, layer), lambda x, hook, c=cache[name, layer]: c.clone())])
+        same = hooked.run_with_hooks(
+            clean, fwd_hooks=[((name, layer), lambda x, hook, c=cache[name, layer]: c.clone())]
+        )
         assert torch.equal(same, clean_logits)
 
 
@@ -37,7 +39,9 @@ def test_self_patch_of_components_is_exact(hooked, prompts):
     clean_logits = hooked(clean)
     _, cache = hooked.run_with_cache(clean, names_filter=no_pattern)
     for name in ["attn_out", "mlp_out", "z", "q", "k", "v", "post", "pre"]:
-        out = hooked.run_with_hooks(clean, fwd_hooks=[((name, 0), lambda x, hook, c=cache[name, 0]: c.clone())])
+        out = hooked.run_with_hooks(
+            clean, fwd_hooks=[((name, 0), lambda x, hook, c=cache[name, 0]: c.clone())]
+        )
         assert torch.equal(out, clean_logits), name
 
 
@@ -46,7 +50,11 @@ def test_patching_sweeps(hooked, prompts):
     with torch.no_grad():
         clean_logits, corrupted_logits = hooked(clean), hooked(corrupted)
     answer = int(clean_logits[0, -1].argmax())
-    wrong = int(corrupted_logits[0, -1].argmax()) if int(corrupted_logits[0, -1].argmax()) != answer else (answer + 1) % 4096
+    wrong = (
+        int(corrupted_logits[0, -1].argmax())
+        if int(corrupted_logits[0, -1].argmax()) != answer
+        else (answer + 1) % 4096
+    )
     metric = patching.logit_diff_metric(answer, wrong)
     _, cache = hooked.run_with_cache(clean, names_filter=no_pattern)
     a = hooked.adapter
@@ -61,7 +69,11 @@ def test_patching_sweeps(hooked, prompts):
     assert heads.shape == (a.num_layers, a.num_heads)
     every = patching.get_act_patch_block_every(hooked, corrupted, cache, metric)
     assert every.shape == (3, a.num_layers, s)
-    norm = patching.normalize_patching(resid, float(metric(clean_logits)), float(metric(corrupted_logits)))
+    norm = patching.normalize_patching(
+        resid, float(metric(clean_logits)), float(metric(corrupted_logits))
+    )
     assert norm[0, 5] == pytest.approx(1.0)
-    by_pos = patching.get_act_patch_attn_head_out_by_pos(hooked, corrupted, cache, metric, index_list=[(0, 5, 1), (1, 5, 0)])
+    by_pos = patching.get_act_patch_attn_head_out_by_pos(
+        hooked, corrupted, cache, metric, index_list=[(0, 5, 1), (1, 5, 0)]
+    )
     assert by_pos.shape == (2,)

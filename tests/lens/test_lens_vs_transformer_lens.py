@@ -33,7 +33,9 @@ def _tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     vocab = {f"t{i}": i for i in range(4096)}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")), eos_token="t0", pad_token="t1")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")), eos_token="t0", pad_token="t1"
+    )
 
 
 @pytest.mark.parametrize("model_type", ["olmo2", "olmo3", "olmo"])
@@ -44,7 +46,9 @@ def test_cached_values_agree_with_transformer_lens(model_type, tmp_path, tokens)
     model = random_model(model_type, "tiny", seed=0, attn_implementation="eager")
     model.save_pretrained(tmp_path)
     tl_model = random_model(model_type, "tiny", seed=0, attn_implementation="eager")
-    bridge = TransformerBridge.boot_transformers(str(tmp_path), hf_model=tl_model, device="cpu", tokenizer=_tokenizer())
+    bridge = TransformerBridge.boot_transformers(
+        str(tmp_path), hf_model=tl_model, device="cpu", tokenizer=_tokenizer()
+    )
     hooked = HookedOlmo(model)
     with torch.no_grad():
         tl_logits, tl_cache = bridge.run_with_cache(tokens)
@@ -66,14 +70,29 @@ def test_cached_values_agree_with_transformer_lens(model_type, tmp_path, tokens)
         theirs = tl_cache[tl_name]
         if theirs.shape != ours.shape:
             theirs = theirs.reshape(ours.shape)
-        if name.endswith("hook_attn_scores"):  # masked fill values differ by convention; compare the rest
+        if name.endswith(
+            "hook_attn_scores"
+        ):  # masked fill values differ by convention; compare the rest
             keep = cache[name.replace("hook_attn_scores", "hook_pattern")] > 0
             ours, theirs = ours[keep], theirs[keep]
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            ours, theirs, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+        )
         compared.append(name)
-    must = ["hook_embed", "blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
-            "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.0.attn.hook_q", "blocks.0.attn.hook_k",
-            "blocks.0.attn.hook_v", "blocks.0.attn.hook_z", "blocks.0.attn.hook_pattern", "blocks.0.mlp.hook_post",
-            "ln_final.hook_normalized"]
+    must = [
+        "hook_embed",
+        "blocks.0.hook_resid_pre",
+        "blocks.0.hook_resid_mid",
+        "blocks.0.hook_resid_post",
+        "blocks.0.hook_attn_out",
+        "blocks.0.hook_mlp_out",
+        "blocks.0.attn.hook_q",
+        "blocks.0.attn.hook_k",
+        "blocks.0.attn.hook_v",
+        "blocks.0.attn.hook_z",
+        "blocks.0.attn.hook_pattern",
+        "blocks.0.mlp.hook_post",
+        "ln_final.hook_normalized",
+    ]
     missing = [m for m in must if m not in compared]
     assert not missing, f"not compared: {missing}"
