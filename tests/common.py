@@ -83,6 +83,17 @@ def family_model(family_case: FamilyCase) -> torch.nn.Module:
     return family_case.load()
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test on one intra-op thread (restored afterwards): tiny models are faster so, and on
+    a shared CI box a second OpenMP thread spinning against busy processes made a 4-token forward
+    ~80x slower (found by the lens tests). Tool test folders autouse it from their conftest."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def seeded_generator(seed: int = SEED) -> torch.Generator:
     """A private CPU generator, so a test's random data does not depend on what ran before it."""
     return torch.Generator().manual_seed(seed)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from common import FAMILIES, SEED, family_case, family_model
+from common import FAMILIES, SEED, family_case, family_model, one_thread
 
-__all__ = ["family_case", "family_model"]  # fixtures from the shared matrix (tests/common.py)
+# fixtures from the shared matrix (tests/common.py)
+__all__ = ["family_case", "family_model", "one_thread"]
 
 
 @pytest.fixture(autouse=True)
