@@ -58,8 +58,14 @@ def build_models(include_zoo: bool, large_layers: int):
             models.append((DEFAULT_MODEL, lambda: load_model(DEFAULT_MODEL)))
         else:
             models.append((f"{DEFAULT_MODEL}-arch-random", lambda: _random_olmo2()))
-    big = dict(hidden_size=768, num_hidden_layers=large_layers, num_attention_heads=12, num_key_value_heads=12,
-               intermediate_size=2048, max_position_embeddings=1024)
+    big = dict(
+        hidden_size=768,
+        num_hidden_layers=large_layers,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        intermediate_size=2048,
+        max_position_embeddings=1024,
+    )
     models.append((f"olmo2-random-{large_layers}L-d768", lambda: _random_olmo2(**big)))
     return models
 
@@ -70,7 +76,9 @@ def _tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     vocab = {f"t{i}": i for i in range(4096)}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")), eos_token="t0")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")), eos_token="t0"
+    )
 
 
 def _no_pattern(name: str) -> bool:
@@ -93,7 +101,9 @@ def make_methods(factory, tokens, tmp_dir):
 
         tl_model = factory()
         tl_model.save_pretrained(tmp_dir)
-        bridge = TransformerBridge.boot_transformers(tmp_dir, hf_model=tl_model, device="cpu", tokenizer=_tokenizer())
+        bridge = TransformerBridge.boot_transformers(
+            tmp_dir, hf_model=tl_model, device="cpu", tokenizer=_tokenizer()
+        )
         methods["tl_fwd"] = lambda: bridge(tokens)
         methods["tl_cache"] = lambda: bridge.run_with_cache(tokens)[1]
         peers["transformer_lens"] = _version("transformer-lens")
@@ -150,8 +160,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rounds-small", type=int, default=30)
     p.add_argument("--rounds-large", type=int, default=9)
-    p.add_argument("--large-layers", type=int, default=14, help="layers of the ~100M random OLMo-2 (14 → ~105M)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a shared CPU)")
+    p.add_argument(
+        "--large-layers",
+        type=int,
+        default=14,
+        help="layers of the ~100M random OLMo-2 (14 → ~105M)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is steadier on a shared CPU)"
+    )
     p.add_argument("--no-zoo", action="store_true")
     p.add_argument("--json-out", default=None, help="also write the result JSON here")
     args = p.parse_args(argv)
@@ -198,8 +215,18 @@ def main(argv=None) -> int:
         }
         results[name] = res
         for k, v in med.items():
-            rows.append((name, k, f"{v:.1f}", f"{min(times[k]) * 1e3:.1f}", _fmt(paired_ratio(times, k, "hf"))))
-        print(f"{name}: {n_params / 1e6:.1f}M params, {rounds} rounds, planner {plan.unique_bytes} B vs actual {actual} B")
+            rows.append(
+                (
+                    name,
+                    k,
+                    f"{v:.1f}",
+                    f"{min(times[k]) * 1e3:.1f}",
+                    _fmt(paired_ratio(times, k, "hf")),
+                )
+            )
+        print(
+            f"{name}: {n_params / 1e6:.1f}M params, {rounds} rounds, planner {plan.unique_bytes} B vs actual {actual} B"
+        )
 
     print()
     print("| model | method | median ms | min ms | ×HF (paired median) |")
@@ -207,8 +234,16 @@ def main(argv=None) -> int:
     for r in rows:
         print("| " + " | ".join(r) + " |")
     primary = results[list(results)[-1]]
-    summary = {key: primary[key] for key in
-               ("nohook_ratio_vs_hf", "cache_ratio_vs_hf", "cache_ratio_vs_transformer_lens", "cache_ratio_vs_nnsight", "planner_error")}
+    summary = {
+        key: primary[key]
+        for key in (
+            "nohook_ratio_vs_hf",
+            "cache_ratio_vs_hf",
+            "cache_ratio_vs_transformer_lens",
+            "cache_ratio_vs_nnsight",
+            "planner_error",
+        )
+    }
     summary.update(
         primary_model=list(results)[-1],
         models=results,

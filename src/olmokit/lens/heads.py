@@ -25,7 +25,9 @@ __all__ = [
 ]
 
 
-def _mean_z(model: HookedOlmo, tokens: torch.Tensor, layers: Iterable[int]) -> dict[int, torch.Tensor]:
+def _mean_z(
+    model: HookedOlmo, tokens: torch.Tensor, layers: Iterable[int]
+) -> dict[int, torch.Tensor]:
     names = [f"blocks.{i}.attn.hook_z" for i in set(layers)]
     _, cache = model.run_with_cache(tokens, names_filter=names)
     return {int(n.split(".")[1]): cache[n].mean(dim=(0, 1)) for n in names}  # [n_heads, d_head]
@@ -50,7 +52,11 @@ def ablate_heads(
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer % model.adapter.num_layers, []).append(head)
-    means = _mean_z(model, tokens if mean_tokens is None else mean_tokens, by_layer) if mode == "mean" else {}
+    means = (
+        _mean_z(model, tokens if mean_tokens is None else mean_tokens, by_layer)
+        if mode == "mean"
+        else {}
+    )
 
     def make(layer: int, hs: list[int]) -> Callable:
         def hook(z: torch.Tensor, hook) -> torch.Tensor:
@@ -67,7 +73,10 @@ def ablate_heads(
 
 @torch.no_grad()
 def head_ablation_scan(
-    model: HookedOlmo, tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor], mode: str = "zero"
+    model: HookedOlmo,
+    tokens: torch.Tensor,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    mode: str = "zero",
 ) -> torch.Tensor:
     """``[n_layers, n_heads]``: metric(ablated) - metric(clean) for each head ablated alone."""
     tokens = model._as_tokens(tokens)
@@ -76,12 +85,19 @@ def head_ablation_scan(
     out = torch.zeros(a.num_layers, a.num_heads)
     for layer in range(a.num_layers):
         for head in range(a.num_heads):
-            out[layer, head] = float(metric(ablate_heads(model, tokens, [(layer, head)], mode))) - base
+            out[layer, head] = (
+                float(metric(ablate_heads(model, tokens, [(layer, head)], mode))) - base
+            )
     return out
 
 
 def repeated_tokens(
-    vocab_size: int, seq_len: int, batch: int = 4, seed: int = 0, low: int = 0, prefix: torch.Tensor | None = None
+    vocab_size: int,
+    seq_len: int,
+    batch: int = 4,
+    seed: int = 0,
+    low: int = 0,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[batch, len(prefix) + 2*seq_len]``: random tokens from ``[low, vocab)`` repeated once."""
     gen = torch.Generator().manual_seed(seed)
@@ -97,8 +113,10 @@ class InductionResult:
     scores: torch.Tensor  #: [n_layers, n_heads] mean attention to the token after the earlier copy
     tokens: torch.Tensor  #: the repeated sequences used
     seq_len: int  #: length of the repeated half
-    previous_token: torch.Tensor | None = None  #: [n_layers, n_heads] mean attention to the previous token
-    copy_gain: float | None = None  #: mean NLL of the first copy minus the second (>0: in-context copying)
+    #: [n_layers, n_heads] mean attention to the previous token
+    previous_token: torch.Tensor | None = None
+    #: mean NLL of the first copy minus the second (>0: in-context copying)
+    copy_gain: float | None = None
 
     def top(self, n: int = 5) -> list[tuple[int, int, float]]:
         flat = self.scores.flatten()
@@ -119,24 +137,36 @@ def induction_score(
     window is shorter, so their scores are bounded by the window (the mask is respected).
     """
     vocab = model.adapter.vocab_size
-    tokens = repeated_tokens(vocab, seq_len, batch, seed, low=4 if low is None else low).to(model._device())
-    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    tokens = repeated_tokens(vocab, seq_len, batch, seed, low=4 if low is None else low).to(
+        model._device()
+    )
+    logits, cache = model.run_with_cache(
+        tokens, names_filter=lambda n: n.endswith("attn.hook_pattern")
+    )
     n_layers = model.adapter.num_layers
     nll = token_nll(logits, tokens)  # [batch, 2 * seq_len - 1]
     copy_gain = float(nll[:, : seq_len - 1].mean() - nll[:, seq_len:].mean())
     scores = torch.stack(
         [
             # offset 1 - seq_len: query position q attends key q - seq_len + 1; keep the second copy only
-            cache[("pattern", i)].diagonal(offset=1 - seq_len, dim1=-2, dim2=-1)[..., 1:].float().mean(dim=(0, 2))
+            cache[("pattern", i)]
+            .diagonal(offset=1 - seq_len, dim1=-2, dim2=-1)[..., 1:]
+            .float()
+            .mean(dim=(0, 2))
             for i in range(n_layers)
         ]
     )
-    return InductionResult(scores, tokens, seq_len, previous_token_score(cache, n_layers), copy_gain)
+    return InductionResult(
+        scores, tokens, seq_len, previous_token_score(cache, n_layers), copy_gain
+    )
 
 
 def previous_token_score(cache, n_layers: int) -> torch.Tensor:
     """``[n_layers, n_heads]`` mean attention from each position to the one before it (from a cache
     holding the patterns). Previous-token heads are the first half of the induction circuit."""
     return torch.stack(
-        [cache[("pattern", i)].diagonal(offset=-1, dim1=-2, dim2=-1).float().mean(dim=(0, 2)) for i in range(n_layers)]
+        [
+            cache[("pattern", i)].diagonal(offset=-1, dim1=-2, dim2=-1).float().mean(dim=(0, 2))
+            for i in range(n_layers)
+        ]
     )

@@ -28,7 +28,14 @@ NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
 class LensHandle:
     """One hook attached to a hook point. ``remove()`` detaches it (idempotent)."""
 
-    def __init__(self, hook_point: HookPoint, fn: HookFn, direction: str, is_permanent: bool, level: int | None):
+    def __init__(
+        self,
+        hook_point: HookPoint,
+        fn: HookFn,
+        direction: str,
+        is_permanent: bool,
+        level: int | None,
+    ):
         self.hook_point = hook_point
         self.fn = fn
         self.direction = direction
@@ -42,7 +49,9 @@ class LensHandle:
             self.hook_point._detach(self)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        return f"LensHandle({self.hook_point.name}, {self.direction}, permanent={self.is_permanent})"
+        return (
+            f"LensHandle({self.hook_point.name}, {self.direction}, permanent={self.is_permanent})"
+        )
 
 
 class HookPoint(nn.Module):
@@ -82,7 +91,9 @@ class HookPoint(nn.Module):
             if not self.has_hooks and self._on_change is not None:
                 self._on_change(self)
 
-    def remove_hooks(self, dir: str = "both", including_permanent: bool = False, level: int | None = None) -> None:
+    def remove_hooks(
+        self, dir: str = "both", including_permanent: bool = False, level: int | None = None
+    ) -> None:
         """Remove hooks; permanent ones only with ``including_permanent``; with ``level`` only that context's."""
         for handle in list(self.fwd_hooks) + list(self.bwd_hooks):
             if dir != "both" and handle.direction != dir:
@@ -111,7 +122,9 @@ class HookPoint(nn.Module):
         return f"{self.name!r}, fwd={len(self.fwd_hooks)}, bwd={len(self.bwd_hooks)}"
 
 
-def _grad_hook(handle: LensHandle, hook_point: HookPoint) -> Callable[[torch.Tensor], torch.Tensor | None]:
+def _grad_hook(
+    handle: LensHandle, hook_point: HookPoint
+) -> Callable[[torch.Tensor], torch.Tensor | None]:
     def fn(grad: torch.Tensor) -> torch.Tensor | None:
         # A handle removed after the forward (context exited) must not fire on a late backward.
         return handle.fn(grad, hook=hook_point) if handle.active else None
@@ -134,6 +147,10 @@ def make_names_filter(names_filter: NamesFilter, all_names: Iterable[str]) -> Ca
         wanted = set(names_filter)
         unknown = wanted - set(all_names)
         if unknown:
-            raise ValueError(f"unknown hook names {sorted(unknown)[:5]}; see HookedOlmo.hook_names()")
+            raise ValueError(
+                f"unknown hook names {sorted(unknown)[:5]}; see HookedOlmo.hook_names()"
+            )
         return lambda name: name in wanted
-    raise ValueError(f"names_filter must be None, a str, a list of str or a callable, got {type(names_filter).__name__}")
+    raise ValueError(
+        f"names_filter must be None, a str, a list of str or a callable, got {type(names_filter).__name__}"
+    )

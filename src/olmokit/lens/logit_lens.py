@@ -23,7 +23,8 @@ class LogitLensResult:
     logits: torch.Tensor  #: [n_labels, pos, d_vocab] (batch element 0)
     top_ids: torch.Tensor  #: [n_labels, pos, k]
     top_probs: torch.Tensor  #: [n_labels, pos, k]
-    target_probs: torch.Tensor | None  #: [n_labels, pos] probability of the next token (or given targets)
+    #: [n_labels, pos] probability of the next token (or of the given targets)
+    target_probs: torch.Tensor | None
 
 
 @torch.no_grad()
@@ -35,7 +36,9 @@ def logit_lens(
     ``targets [pos]`` defaults to the next input token (the last position gets none: probability NaN).
     """
     tokens = model._as_tokens(tokens)
-    _, cache = model.run_with_cache(tokens[:1], names_filter=lambda n: n.endswith(("hook_resid_pre", "hook_resid_post")))
+    _, cache = model.run_with_cache(
+        tokens[:1], names_filter=lambda n: n.endswith(("hook_resid_pre", "hook_resid_post"))
+    )
     normed, labels = cache.accumulated_resid(apply_ln=True, return_labels=True)
     logits = model.adapter.lm_head()(normed[:, 0]).float()  # [n, pos, vocab]
     probs = logits.softmax(-1)
@@ -44,6 +47,10 @@ def logit_lens(
         targets = torch.full((tokens.shape[-1],), -1, dtype=torch.long, device=tokens.device)
         targets[:-1] = tokens[0, 1:]
     valid = targets >= 0
-    target_probs = probs.gather(-1, targets.clamp(min=0)[None, :, None].expand(len(labels), -1, 1))[..., 0]
-    target_probs = torch.where(valid[None], target_probs, torch.full_like(target_probs, float("nan")))
+    target_probs = probs.gather(-1, targets.clamp(min=0)[None, :, None].expand(len(labels), -1, 1))[
+        ..., 0
+    ]
+    target_probs = torch.where(
+        valid[None], target_probs, torch.full_like(target_probs, float("nan"))
+    )
     return LogitLensResult(labels, logits, top_ids, top_probs, target_probs)

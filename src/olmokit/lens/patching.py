@@ -54,7 +54,9 @@ Metric = Callable[[torch.Tensor], torch.Tensor | float]
 
 
 # ------------------------------------------------------------------------------------------ setters
-def layer_pos_patch_setter(corrupted: torch.Tensor, index: Sequence[int], clean: torch.Tensor) -> torch.Tensor:
+def layer_pos_patch_setter(
+    corrupted: torch.Tensor, index: Sequence[int], clean: torch.Tensor
+) -> torch.Tensor:
     """Patch one position of a ``[batch, pos, ...]`` activation (index = (layer, pos))."""
     _, pos = index
     out = corrupted.clone()
@@ -62,12 +64,16 @@ def layer_pos_patch_setter(corrupted: torch.Tensor, index: Sequence[int], clean:
     return out
 
 
-def layer_patch_setter(corrupted: torch.Tensor, index: Sequence[int], clean: torch.Tensor) -> torch.Tensor:
+def layer_patch_setter(
+    corrupted: torch.Tensor, index: Sequence[int], clean: torch.Tensor
+) -> torch.Tensor:
     """Patch the whole activation (index = (layer,))."""
     return clean.clone()
 
 
-def layer_head_patch_setter(corrupted: torch.Tensor, index: Sequence[int], clean: torch.Tensor) -> torch.Tensor:
+def layer_head_patch_setter(
+    corrupted: torch.Tensor, index: Sequence[int], clean: torch.Tensor
+) -> torch.Tensor:
     """Patch one head at every position of a ``[batch, pos, head, d_head]`` activation."""
     _, head = index
     out = corrupted.clone()
@@ -75,7 +81,9 @@ def layer_head_patch_setter(corrupted: torch.Tensor, index: Sequence[int], clean
     return out
 
 
-def layer_pos_head_patch_setter(corrupted: torch.Tensor, index: Sequence[int], clean: torch.Tensor) -> torch.Tensor:
+def layer_pos_head_patch_setter(
+    corrupted: torch.Tensor, index: Sequence[int], clean: torch.Tensor
+) -> torch.Tensor:
     _, pos, head = index
     out = corrupted.clone()
     out[:, pos, head] = clean[:, pos, head]
@@ -84,7 +92,11 @@ def layer_pos_head_patch_setter(corrupted: torch.Tensor, index: Sequence[int], c
 
 # ------------------------------------------------------------------------------------------ generic
 def _axis_size(model: HookedOlmo, axis: str, tokens: torch.Tensor) -> int:
-    sizes = {"layer": model.adapter.num_layers, "pos": tokens.shape[-1], "head": model.adapter.num_heads}
+    sizes = {
+        "layer": model.adapter.num_layers,
+        "pos": tokens.shape[-1],
+        "head": model.adapter.num_heads,
+    }
     if axis not in sizes:
         raise ValueError(f"unknown index axis {axis!r}; valid: {sorted(sizes)}")
     return sizes[axis]
@@ -122,29 +134,49 @@ def generic_activation_patch(
         def hook(act: torch.Tensor, hook, index=index, clean=clean) -> torch.Tensor:
             return patch_setter(act, index, clean)
 
-        logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[((activation_name, layer), hook)])
+        logits = model.run_with_hooks(
+            corrupted_tokens, fwd_hooks=[((activation_name, layer), hook)]
+        )
         value = patching_metric(logits)
         results[k] = float(value.item() if isinstance(value, torch.Tensor) else value)
     return results.reshape(shape)
 
 
 get_act_patch_resid_pre = partial(
-    generic_activation_patch, patch_setter=layer_pos_patch_setter, activation_name="resid_pre", index_axis_names=("layer", "pos")
+    generic_activation_patch,
+    patch_setter=layer_pos_patch_setter,
+    activation_name="resid_pre",
+    index_axis_names=("layer", "pos"),
 )
 get_act_patch_resid_mid = partial(
-    generic_activation_patch, patch_setter=layer_pos_patch_setter, activation_name="resid_mid", index_axis_names=("layer", "pos")
+    generic_activation_patch,
+    patch_setter=layer_pos_patch_setter,
+    activation_name="resid_mid",
+    index_axis_names=("layer", "pos"),
 )
 get_act_patch_attn_out = partial(
-    generic_activation_patch, patch_setter=layer_pos_patch_setter, activation_name="attn_out", index_axis_names=("layer", "pos")
+    generic_activation_patch,
+    patch_setter=layer_pos_patch_setter,
+    activation_name="attn_out",
+    index_axis_names=("layer", "pos"),
 )
 get_act_patch_mlp_out = partial(
-    generic_activation_patch, patch_setter=layer_pos_patch_setter, activation_name="mlp_out", index_axis_names=("layer", "pos")
+    generic_activation_patch,
+    patch_setter=layer_pos_patch_setter,
+    activation_name="mlp_out",
+    index_axis_names=("layer", "pos"),
 )
 get_act_patch_mlp_out_all_pos = partial(
-    generic_activation_patch, patch_setter=layer_patch_setter, activation_name="mlp_out", index_axis_names=("layer",)
+    generic_activation_patch,
+    patch_setter=layer_patch_setter,
+    activation_name="mlp_out",
+    index_axis_names=("layer",),
 )
 get_act_patch_attn_head_out_all_pos = partial(
-    generic_activation_patch, patch_setter=layer_head_patch_setter, activation_name="z", index_axis_names=("layer", "head")
+    generic_activation_patch,
+    patch_setter=layer_head_patch_setter,
+    activation_name="z",
+    index_axis_names=("layer", "head"),
 )
 get_act_patch_attn_head_out_by_pos = partial(
     generic_activation_patch,
@@ -155,7 +187,10 @@ get_act_patch_attn_head_out_by_pos = partial(
 
 
 def get_act_patch_block_every(
-    model: HookedOlmo, corrupted_tokens: torch.Tensor, clean_cache: ActivationCache, patching_metric: Metric
+    model: HookedOlmo,
+    corrupted_tokens: torch.Tensor,
+    clean_cache: ActivationCache,
+    patching_metric: Metric,
 ) -> torch.Tensor:
     """``[3, n_layers, pos]``: resid_pre, attn_out and mlp_out patched per (layer, position)."""
     return torch.stack(
@@ -177,7 +212,9 @@ def logit_diff_metric(answer: int, wrong: int, pos: int = -1, batch_mean: bool =
     return metric
 
 
-def normalize_patching(results: torch.Tensor, clean_value: float, corrupted_value: float) -> torch.Tensor:
+def normalize_patching(
+    results: torch.Tensor, clean_value: float, corrupted_value: float
+) -> torch.Tensor:
     """Rescale so 0 = corrupted run, 1 = clean run (how much of the clean behaviour a patch restores)."""
     denom = clean_value - corrupted_value
     if abs(denom) < 1e-12:
