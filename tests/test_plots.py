@@ -31,6 +31,11 @@ CASES = [
     ),
     ("head_scores", lambda p: plots.plot_head_scores(torch.rand(2, 4), p), (192, 320)),
     (
+        "head_scores_signed",
+        lambda p: plots.plot_head_scores(torch.randn(2, 4), p, symmetric=True),
+        (192, 320),
+    ),
+    (
         "patching_2d",
         lambda p: plots.plot_patching_heatmap(torch.randn(2, 6), p, col_labels=list("abcdef")),
         (int(2.4 * 80), int(4.7 * 80)),
@@ -112,3 +117,16 @@ def test_importing_olmokit_does_not_import_matplotlib():
         """
     )
     assert out == "False"
+
+
+def test_signed_scores_use_a_scale_centred_at_zero(tmp_path):
+    """With ``symmetric`` a score of 0 is drawn in the middle colour of the diverging map, whatever
+    the range: the -1 and +1 cells get the two ends, the 0 cell the (near-white) centre."""
+    path = plots.plot_head_scores([[-1.0, 0.0, 1.0]], tmp_path / "s.png", symmetric=True)
+    img = mpimg.imread(path)[..., :3]
+    row = img.shape[0] // 2
+    # sample the three cells along the middle row, left of their text labels
+    xs = [int(img.shape[1] * f) for f in (0.2, 0.42, 0.64)]
+    left, mid, right = (img[row, x] for x in xs)
+    assert mid.min() > 0.9  # RdBu's centre is near white
+    assert left[0] > left[2] and right[2] > right[0]  # red for -1, blue for +1
