@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from ..config import OlmokitConfig
 from ..errors import ConfigError
@@ -62,18 +62,22 @@ PATCH_KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_mid", "heads")
 JOB_KINDS = ("logit_lens", "patching", "attribution", "head_scores", "attention_pattern")
 
 
-def _not_empty(value: str | None) -> str | None:
-    if value is not None and value == "":
+def _not_empty(value: str) -> str:
+    if value == "":
         raise ValueError("is empty; give the text the model should read")
     return value
 
 
-def _valid_name(value: str | None) -> str | None:
-    if value is not None and (
-        not value or any(c in value for c in "/\\\0") or value in (".", "..")
-    ):
+def _valid_name(value: str) -> str:
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
         raise ValueError("must be a plain file-name stem (no path separators)")
     return value
+
+
+#: A prompt: any text but the empty string (zero tokens cannot be run).
+Prompt = Annotated[str, AfterValidator(_not_empty)]
+#: A job name: it prefixes the job's files in the run directory.
+JobName = Annotated[str, AfterValidator(_valid_name)]
 
 
 class ModelSection(OlmokitConfig):
@@ -87,39 +91,29 @@ class ModelSection(OlmokitConfig):
 
 class _Job(OlmokitConfig):
     kind: str = Field(description=f"which analysis: one of {', '.join(JOB_KINDS)}")
-    name: str | None = Field(None, description="output file prefix (default: <index>_<kind>)")
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str | None) -> str | None:
-        return _valid_name(value)
+    name: JobName | None = Field(None, description="output file prefix (default: <index>_<kind>)")
 
 
 class LogitLensJob(_Job):
     """Top predictions after every block (the residual read through the final norm and unembedding)."""
 
     kind: Literal["logit_lens"] = "logit_lens"
-    prompt: str = Field(DEFAULT_PROMPT, description="text to read")
+    prompt: Prompt = Field(DEFAULT_PROMPT, description="text to read")
     top_k: int = Field(5, ge=1, description="predictions kept per layer and position")
-
-    @field_validator("prompt")
-    @classmethod
-    def _check_prompt(cls, value: str | None) -> str | None:
-        return _not_empty(value)
 
 
 class PatchingJob(_Job):
     """Activation patching from a clean into a corrupted prompt of the same token length."""
 
     kind: Literal["patching"] = "patching"
-    clean: str = Field(DEFAULT_CLEAN, description="clean prompt")
-    corrupted: str = Field(
+    clean: Prompt = Field(DEFAULT_CLEAN, description="clean prompt")
+    corrupted: Prompt = Field(
         DEFAULT_CORRUPTED, description="corrupted prompt (same number of tokens)"
     )
-    answer: str | None = Field(
+    answer: Prompt | None = Field(
         None, description="answer token text (default: clean top prediction)"
     )
-    wrong: str | None = Field(
+    wrong: Prompt | None = Field(
         None, description="wrong token text (default: corrupted top prediction)"
     )
     patches: list[Literal["resid_pre", "attn_out", "mlp_out", "resid_mid", "heads"]] = Field(
@@ -128,25 +122,17 @@ class PatchingJob(_Job):
         description=f"which activations to patch: any of {', '.join(PATCH_KINDS)}",
     )
 
-    @field_validator("clean", "corrupted", "answer", "wrong")
-    @classmethod
-    def _check_prompts(cls, value: str | None) -> str | None:
-        return _not_empty(value)
-
 
 class AttributionJob(_Job):
     """Direct logit attribution of every head, MLP and the embedding at the last position."""
 
     kind: Literal["attribution"] = "attribution"
-    prompt: str = Field(DEFAULT_CLEAN, description="text whose next-token logit is attributed")
-    answer: str | None = Field(None, description="answer token text (default: the top prediction)")
-    wrong: str | None = Field(None, description="subtract this token's logit (default: none)")
+    prompt: Prompt = Field(DEFAULT_CLEAN, description="text whose next-token logit is attributed")
+    answer: Prompt | None = Field(
+        None, description="answer token text (default: the top prediction)"
+    )
+    wrong: Prompt | None = Field(None, description="subtract this token's logit (default: none)")
     top: int = Field(10, ge=1, description="components listed in the summary")
-
-    @field_validator("prompt", "answer", "wrong")
-    @classmethod
-    def _check_prompts(cls, value: str | None) -> str | None:
-        return _not_empty(value)
 
 
 class HeadScoresJob(_Job):
@@ -163,7 +149,9 @@ class AttentionPatternJob(_Job):
     """One head's attention pattern as a heatmap."""
 
     kind: Literal["attention_pattern"] = "attention_pattern"
-    prompt: str | None = Field(None, description="text to read (default: repeated random tokens)")
+    prompt: Prompt | None = Field(
+        None, description="text to read (default: repeated random tokens)"
+    )
     seq_len: int = Field(32, ge=2, description="without a prompt: length of the repeated half")
     seed: int = Field(0, description="seed of the random tokens")
     batch: int = Field(
@@ -173,11 +161,6 @@ class AttentionPatternJob(_Job):
     head: int | None = Field(
         None, ge=0, description="head (with layer; default: top induction head)"
     )
-
-    @field_validator("prompt")
-    @classmethod
-    def _check_prompt(cls, value: str | None) -> str | None:
-        return _not_empty(value)
 
     @model_validator(mode="after")
     def _layer_and_head_together(self) -> AttentionPatternJob:
