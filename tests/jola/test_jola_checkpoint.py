@@ -127,3 +127,55 @@ def test_fold_multiplicative_only_keeps_config(tiny_model):
     merged = merge_jola(tiny_model)
     assert merged.config.attention_bias is False
     torch.testing.assert_close(merged(IDS).logits, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("tensor", ["attn_A", "attn_v", "log_g1", "log_g2"])
+def test_fold_refuses_non_finite(tensor):
+    model = random_model("olmo2", "tiny", seed=0)
+    attach_jola(model)
+    _trained_like(model)
+    with torch.no_grad():
+        getattr(jola_edits(model)[1], tensor).view(-1)[2] = float(
+            "inf" if tensor == "log_g1" else "nan"
+        )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=rf"layer 1 tensor {tensor} has 1 non-finite value"):
+        merge_jola(model)
+    assert has_jola(model) and model.config.attention_bias is False  # nothing was touched
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, equal_nan=True)
+
+
+def test_version_1_adapter_still_loads(tmp_path):
+    """Adapters written before the base fingerprint (format version 1) load exactly as before."""
+    model = random_model("olmo2", "tiny", seed=0)
+    attach_jola(model, applied_layers=[1])
+    _trained_like(model, seed=4)
+    want = model(IDS).logits
+    save_jola(model, tmp_path)
+    meta = json.loads((tmp_path / ADAPTER_CONFIG).read_text())
+    assert meta["format_version"] == 2 and len(meta["base_model"]["weights_hash"]) == 16
+    base = meta["base_model"]
+    meta["format_version"] = 1
+    meta["base_model"] = {
+        "name_or_path": "zoo:olmo2-tiny-random", "revision": None, "model_type": "olmo2",
+        "family": "OLMo-2", **{k: base["sizes"][k] for k in ("num_layers", "num_heads", "head_dim", "hidden_size")},
+    }  # fmt: skip
+    (tmp_path / ADAPTER_CONFIG).write_text(json.dumps(meta))
+    fresh = random_model("olmo2", "tiny", seed=0)
+    load_jola(fresh, tmp_path)
+    assert torch.equal(fresh(IDS).logits, want)
+    with pytest.raises(CheckpointError, match="num_layers: adapter 2 vs model 3"):
+        load_jola(random_model("olmo2", "tiny", seed=0, num_hidden_layers=3), tmp_path)
+
+
+def test_other_weights_warn_or_refuse(tmp_path):
+    from olmokit.inject import BaseWeightsWarning
+
+    model = random_model("olmo2", "tiny", seed=0)
+    attach_jola(model)
+    save_jola(model, tmp_path)
+    with pytest.warns(BaseWeightsWarning, match="same architecture but different weights"):
+        load_jola(random_model("olmo2", "tiny", seed=1), tmp_path)
+    with pytest.raises(CheckpointError, match="different weights"):
+        load_jola(random_model("olmo2", "tiny", seed=1), tmp_path, strict_weights=True)
