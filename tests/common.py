@@ -102,5 +102,5 @@ def seeded_generator(seed: int = SEED) -> torch.Generator:
 def random_tokens(
     batch: int, length: int, vocab: int, low: int = 4, seed: int = SEED
 ) -> torch.Tensor:
-    """``[batch, length]`` token ids in ``[low, vocab)`` (``low`` skips the zoo's special tokens)."""
+    """``[batch, length]`` ids in ``[low, vocab)`` (``low`` skips the zoo's special tokens)."""
     return torch.randint(low, vocab, (batch, length), generator=seeded_generator(seed))

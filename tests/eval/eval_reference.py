@@ -1,8 +1,9 @@
-"""Slow, obviously-correct references for the eval tests (imported by name: tests/eval is on sys.path).
+"""Slow, obviously-correct references for the eval tests (imported by name: pytest puts tests/eval
+on sys.path).
 
-Each runs one unpadded sequence at a time, without a KV cache, and turns logits into probabilities in
-float64, one position at a time, with the textbook formula ``x[t] - (m + log sum exp(x - m))``. The
-scorers under test batch, pad, cache and use float32; agreement with these pins all of that.
+Each runs one unpadded sequence at a time, without a KV cache, and turns logits into probabilities
+in float64, one position at a time, with the textbook formula ``x[t] - (m + log sum exp(x - m))``.
+The scorers under test batch, pad, cache and use float32; agreement with these pins all of that.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def logprob64(row: torch.Tensor, target: int) -> float:
 
 
 def max_prob64(row: torch.Tensor) -> tuple[int, float]:
-    """``(argmax, max softmax probability)`` in float64; ties go to the lowest id, as torch.argmax."""
+    """``(argmax, max softmax probability)`` in float64; ties go to the lowest id (torch.argmax)."""
     x = row.double()
     best = int(torch.argmax(x))
     return best, math.exp(logprob64(row, best))
@@ -37,7 +38,7 @@ def logits_of(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
 def token_nll64(
     model: torch.nn.Module, ids: Sequence[int], scored: Sequence[bool] | None = None
 ) -> list[float]:
-    """NLL of ``ids[t + 1]`` given ``ids[: t + 1]`` for each t, 0.0 where ``scored[t + 1]`` is False."""
+    """NLL of ``ids[t + 1]`` given ``ids[: t + 1]`` per t; 0.0 where ``scored[t + 1]`` is False."""
     logits = logits_of(model, ids)
     out = []
     for t in range(len(ids) - 1):
@@ -66,11 +67,11 @@ def greedy64(
 
 
 class BigramLM(torch.nn.Module):
-    """A hand-made causal LM whose next-token logits depend only on the current token: ``table[id]``.
+    """A hand-made causal LM: next-token logits depend only on the current token (``table[id]``).
 
-    Its outputs are known in closed form, so metric values can be written down by hand. It accepts the
-    HF keyword arguments the scorers pass (mask, positions, cache, ``logits_to_keep``); the cache is
-    unnecessary (the last token is all it needs), so it hands back a placeholder.
+    Its outputs are known in closed form, so metric values can be written down by hand. It accepts
+    the HF keyword arguments the scorers pass (mask, positions, cache, ``logits_to_keep``); the
+    cache is unnecessary (the last token is all it needs), so it hands back a placeholder.
     """
 
     def __init__(self, table: torch.Tensor) -> None:

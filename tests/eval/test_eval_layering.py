@@ -1,8 +1,9 @@
 """olmokit.eval is the only place that turns logits into log-probabilities.
 
-A second implementation drifts (dtype, masking, shift) without anyone noticing; this keeps every NLL in
-olmokit on the one tested against float64. Calls are matched, not names: ``unigram_cross_entropy`` (a
-count-based baseline, no logits) is fine, ``F.cross_entropy(`` or ``x.log_softmax(`` is not.
+A second implementation drifts (dtype, masking, shift) without anyone noticing; this keeps every
+NLL in olmokit on the one tested against float64. Calls are matched, not names:
+``unigram_cross_entropy`` (a count-based baseline, no logits) is fine, ``F.cross_entropy(`` or
+``x.log_softmax(`` is not.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def test_only_eval_computes_log_probabilities():
 def test_the_pattern_catches_calls_not_names(tmp_path):
     (tmp_path / "a.py").write_text(
         "loss = F.cross_entropy(x, y)\nlp = logits.log_softmax(-1)\nz = torch.log_softmax (x, -1)\n"
-        "u = unigram_cross_entropy(a, b)\nfrom m import unigram_cross_entropy\n# log_softmax(x) in a comment\n"
+        "u = unigram_cross_entropy(a, b)\nfrom m import unigram_cross_entropy\n"
+        "# log_softmax(x) in a comment\n"
     )
     assert [line.split(":")[1] for line in offenders(tmp_path)] == ["1", "2", "3"]

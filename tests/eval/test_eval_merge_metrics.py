@@ -67,7 +67,8 @@ def test_bigram_loss_by_hand():
 
 def test_exact_match_score_by_hand():
     model = BigramLM(TABLE)
-    # context [0], want [1, 2, 2]: greedy 1 (.7, right), 2 (.6, right), 3 (.6, wrong): (.3 + .4 + 1.6) / 3
+    # context [0], want [1, 2, 2]: greedy 1 (.7, right), 2 (.6, right), 3 (.6, wrong)
+    #   -> (.3 + .4 + 1.6) / 3
     # context [3], want [1]: greedy 0 (.9, wrong): 1.9
     got = exact_match_score(model, [([0], [1, 2, 2]), ([3], [1])], pad_token_id=3)
     torch.testing.assert_close(torch.tensor(got), torch.tensor([(0.3 + 0.4 + 1.6) / 3, 1.9]))

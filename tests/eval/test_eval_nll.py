@@ -1,4 +1,4 @@
-"""Per-token and mean NLL: label masking pinned by hand, every family against a float64 loop, HF parity."""
+"""Per-token and mean NLL: masking pinned by hand, every family vs a float64 loop, HF parity."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Where to start:
 
 * :mod:`~olmokit.eval.nll`: per-token and mean next-token NLL with label masking (``-100``), at the
-  logits level (differentiable) and the model level (:func:`sequence_nll`). Everything below uses it.
+  logits level (differentiable) and the model level (:func:`sequence_nll`); everything below
+  builds on it.
 * :mod:`~olmokit.eval.choices`: log-likelihood multiple choice (:func:`choice_logprobs`,
   :func:`mc_accuracy`), with a shared-prompt KV-cache scorer.
 * :mod:`~olmokit.eval.generation`: :func:`greedy_generate` (batched, KV-cached, records the chosen

@@ -1,9 +1,9 @@
 """Log-likelihood multiple choice: the summed log-probability of each choice, and accuracy.
 
-Each choice is formatted exactly as in training (the same chat record, the choice as the assistant turn)
-and scored by the summed log-probability of its target tokens (the choice and the end-of-turn marker).
-The prediction is the arg-max; no regex parsing of generated text (a "first capital letter" rule reads
-"Answer: C" as "A").
+Each choice is formatted exactly as in training (the same chat record, the choice as the assistant
+turn) and scored by the summed log-probability of its target tokens (the choice and the end-of-turn
+marker). The prediction is the arg-max; no regex parsing of generated text (a "first capital
+letter" rule reads "Answer: C" as "A").
 
 Two scorers give the same numbers (tested against each other and against a float64 loop):
 
@@ -50,9 +50,9 @@ def choice_logprobs(
 ) -> list[list[float]]:
     """Summed log-probability of each choice's target tokens, per example (``[example][choice]``).
 
-    With ``share_prompt`` (default) the KV-cache scorer runs; its result equals full-sequence scoring
-    up to float rounding. Examples whose choices do not share one prompt/target split, and any
-    ``max_length`` truncation, fall back to full sequences.
+    With ``share_prompt`` (default) the KV-cache scorer runs; its result equals full-sequence
+    scoring up to float rounding. Examples whose choices do not share one prompt/target split, and
+    any ``max_length`` truncation, fall back to full sequences.
     """
     with eval_mode(model):
         if share_prompt and max_length is None:

@@ -1,10 +1,11 @@
 """Greedy generation with a KV cache, and exact match of generated answers.
 
 :func:`greedy_generate` is the one decoding loop of olmokit's scorers: left-padded batches (every
-prompt ends at the last column, so each step appends one column), position ids that skip the padding,
-one token per row per step from the cache, and the probability of the chosen token recorded at every
-step (the merge metrics score the model's confidence). It equals decoding each prompt alone without a
-cache, token by token (tested on every family, OLMo-3's sliding window included).
+prompt ends at the last column, so each step appends one column), position ids that skip the
+padding, one token per row per step from the cache, and the probability of the chosen token
+recorded at every step (the merge metrics score the model's confidence). It equals decoding each
+prompt alone without a cache, token by token (tested on every family, OLMo-3's sliding window
+included).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ __all__ = ["GreedyOutput", "greedy_generate", "stop_token_ids", "prompt_text", "
 class GreedyOutput:
     """What :func:`greedy_generate` produced, one list per prompt.
 
-    ``tokens[i]``: the new tokens, stop token excluded. ``max_probs[i][t]``: probability of the arg-max
-    token at step ``t`` (the token chosen), one entry per entry of ``tokens[i]`` plus one for the stop
-    token when the row stopped. ``stopped[i]``: the row ended on a stop token.
+    ``tokens[i]``: the new tokens, stop token excluded. ``max_probs[i][t]``: probability of the
+    arg-max token at step ``t`` (the token chosen), one entry per entry of ``tokens[i]`` plus one
+    for the stop token when the row stopped. ``stopped[i]``: the row ended on a stop token.
     """
 
     tokens: list[list[int]]
@@ -48,11 +49,11 @@ def greedy_generate(
     stop_ids: Iterable[int] = (),
     pad_token_id: int | None = 0,
 ) -> GreedyOutput:
-    """Arg-max decoding of every prompt for at most ``max_new_tokens`` steps, batched, with a KV cache.
+    """Arg-max decoding of every prompt for at most ``max_new_tokens`` steps, batched, KV-cached.
 
-    A row ends at the first token in ``stop_ids`` (not returned); with no ``stop_ids`` every row runs
-    ``max_new_tokens`` steps. Rows that ended keep decoding until the batch does (their extra tokens
-    are dropped), so the batch never has to be reshaped. Ties go to the lowest token id
+    A row ends at the first token in ``stop_ids`` (not returned); with no ``stop_ids`` every row
+    runs ``max_new_tokens`` steps. Rows that ended keep decoding until the batch does (their extra
+    tokens are dropped), so the batch never has to be reshaped. Ties go to the lowest token id
     (``torch.argmax``). Runs in eval mode; empty prompts are an error (nothing to condition on).
     """
     if any(len(p) == 0 for p in prompts):
@@ -123,7 +124,7 @@ def exact_match(
     """Greedy answers; ``em`` = fraction whose stripped text equals the stripped reference answer.
 
     Generation stops at :func:`stop_token_ids`; ``max_new_tokens`` defaults to the longest reference
-    answer plus 4 tokens (a longer output cannot match anyway). Returns ``em``, ``n`` and ``outputs``.
+    answer plus 4 tokens (a longer output cannot match anyway). Returns ``em``, ``n``, ``outputs``.
     """
     stop = stop_token_ids(tokenizer)
     if max_new_tokens is None:

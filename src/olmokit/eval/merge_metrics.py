@@ -1,10 +1,10 @@
 """The OLM merge's metrics: teacher-forced bigram loss, confidence-weighted exact match, diversity.
 
 All are "lower is better" and scored per sample; a dataset's score is the plain mean of its samples'
-scores (the original averages per-sample scores over ``samples`` conversations, so a long answer does
-not weigh more than a short one). Each function returns the per-sample list, so a caller can sum
-across processes before dividing. A sample is a :class:`ContextResponse`: the token ids of the prompt
-(chat template applied) and of the expected answer.
+scores (the original averages per-sample scores over ``samples`` conversations, so a long answer
+does not weigh more than a short one). Each function returns the per-sample list, so a caller can
+sum across processes before dividing. A sample is a :class:`ContextResponse`: the token ids of the
+prompt (chat template applied) and of the expected answer.
 
 Differences from the original ``olm.py`` (jeffmeloy/olm@7731be5), all deliberate:
 
@@ -12,7 +12,8 @@ Differences from the original ``olm.py`` (jeffmeloy/olm@7731be5), all deliberate
   generation instead of re-running the whole sequence each step;
 * probabilities from a float32 softmax (the original used the model's bf16 logits);
 * diversity generation is bounded (``max_new_tokens``, the original allowed 8192) and its script
-  penalty covers CJK, Hiragana, Katakana and Hangul, configurable (the original: U+4E00–U+9FFF only).
+  penalty covers CJK, Hiragana, Katakana and Hangul, configurable (the original: only
+  U+4E00–U+9FFF).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..data.formatting import IGNORE_INDEX
 from ..errors import DataError
 from .generation import greedy_generate, stop_token_ids
 from .modes import eval_mode, model_device
-from .nll import log_probs, sequence_nll
+from .nll import log_probs, token_logprobs
 from .scripts import SCRIPTS, uses_script
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
     "response_nll",
 ]
 
-#: The original's constant: a response with one unique word scores 4096, and so does a penalised one.
+#: The original's constant: one unique word scores 4096, and so does a penalised response.
 DIVERSITY_SCALE = 4096.0
 
 
@@ -83,6 +84,43 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
+def _response_logits(
+    model: nn.Module, chunk: Sequence[ContextResponse], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced next-token logits over the response positions of a batch.
+
+    Returns ``(logits [batch, R_max, vocab], labels [batch, R_max])``: ``logits[i, k]`` predicts
+    ``response[k]`` of sample ``i`` (it is position ``C_i - 1 + k``), and ``labels`` holds the
+    response (``IGNORE_INDEX`` past its end). Left padding puts every response at the end of its
+    row, so only the last ``R_max + 1`` positions need logits (``logits_to_keep``): a long context
+    costs no ``[seq, vocab]`` logits.
+    """
+    device = model_device(model)
+    batch = PaddingCollator(pad_token_id, padding_side="left")(
+        [{"input_ids": s.context_ids + s.response_ids} for s in chunk]
+    )
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    r_max = max(len(s.response_ids) for s in chunk)
+    with eval_mode(model):
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=False,
+            logits_to_keep=r_max + 1,
+        ).logits  # [batch, R_max + 1, vocab]: columns T - R_max - 1 .. T - 1
+    # sample i's response[k] is predicted at kept column R_max - R_i + k; padded k repeat column 0
+    cols = torch.zeros(len(chunk), r_max, dtype=torch.long)
+    labels = torch.full((len(chunk), r_max), IGNORE_INDEX, dtype=torch.long)
+    for row, s in enumerate(chunk):
+        r = len(s.response_ids)
+        cols[row, :r] = torch.arange(r_max - r, r_max)
+        labels[row, :r] = torch.as_tensor(s.response_ids)
+    cols, labels = cols.to(device), labels.to(device)
+    return logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1])), labels
+
+
 def bigram_loss(
     model: nn.Module, samples: Sequence[SampleLike], batch_size: int = 8, pad_token_id: int = 0
 ) -> list[float]:
@@ -98,46 +136,31 @@ def bigram_loss(
     and the sample's score is ``(sum_{k=0}^{R-2} s_k + sum_{k=1}^{R-1} s_k) / (R - 1)``. This is the
     original's ``mean(shift_score + next_score)``: its "shift" term scores logits ``C-1 .. L-3``
     against ``response[0 .. R-2]`` and its "next" term logits ``C .. L-2`` against
-    ``response[1 .. R-1]``, two ordinary next-token alignments one token apart, so the first and last
-    response tokens count once and the others twice. A wrong prediction costs 1 whatever the
-    certainty. Responses need at least 2 tokens (the original returns NaN for 1).
+    ``response[1 .. R-1]``, two ordinary next-token alignments one token apart, so the first and
+    last response tokens count once and the others twice. A wrong prediction costs 1 whatever the
+    certainty; a label tied with the top probability counts as right, as in the original.
+    Responses need at least 2 tokens (the original returns NaN for 1).
     """
     items = _samples(samples, 2, "bigram_loss")
-    device = model_device(model)
-    collate = PaddingCollator(pad_token_id)
     scores = [0.0] * len(items)
-    lengths = [len(s.context_ids) + len(s.response_ids) for s in items]
-    with eval_mode(model):
-        for idx in _batches(lengths, batch_size):
-            chunk = [items[i] for i in idx]
-            batch = collate([{"input_ids": s.context_ids + s.response_ids} for s in chunk])
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            hidden_logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            r_max = max(len(s.response_ids) for s in chunk)
-            # position C - 1 + k predicts response[k]; padded k point at position 0 and are dropped
-            pos = torch.zeros(len(chunk), r_max, dtype=torch.long)
-            labels = torch.full((len(chunk), r_max), IGNORE_INDEX, dtype=torch.long)
-            for row, s in enumerate(chunk):
-                c, r = len(s.context_ids), len(s.response_ids)
-                pos[row, :r] = torch.arange(c - 1, c - 1 + r)
-                labels[row, :r] = torch.as_tensor(s.response_ids)
-            pos, labels = pos.to(device), labels.to(device)
-            lp = log_probs(
-                hidden_logits.gather(1, pos[..., None].expand(-1, -1, hidden_logits.shape[-1]))
-            )
-            lp_label = lp.gather(-1, labels.clamp_min(0)[..., None])[..., 0]
-            lp_max = lp.max(-1).values
-            s_k = torch.where(lp_label < lp_max, 1.0, 1.0 - lp_max.exp())
-            for row, s in enumerate(chunk):
-                r = len(s.response_ids)
-                scores[idx[row]] = float((s_k[row, : r - 1].sum() + s_k[row, 1:r].sum()) / (r - 1))
+    for idx in _batches([len(s.context_ids) + len(s.response_ids) for s in items], batch_size):
+        chunk = [items[i] for i in idx]
+        logits, labels = _response_logits(model, chunk, pad_token_id)
+        lp = log_probs(logits)
+        lp_label = lp.gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+        lp_max = lp.max(-1).values
+        s_k = torch.where(lp_label < lp_max, 1.0, 1.0 - lp_max.exp())
+        for row, s in enumerate(chunk):
+            r = len(s.response_ids)
+            scores[idx[row]] = float((s_k[row, : r - 1].sum() + s_k[row, 1:r].sum()) / (r - 1))
     return scores
 
 
 def exact_match_score(
     model: nn.Module, samples: Sequence[SampleLike], batch_size: int = 8, pad_token_id: int = 0
 ) -> list[float]:
-    """Free-running (not teacher-forced) confidence-weighted match, per sample, in [0, 2]; lower is better.
+    """Free-running (not teacher-forced) confidence-weighted match per sample, in [0, 2], lower
+    is better.
 
     Greedy decoding from the context for exactly R steps (R = response length; no stop at EOS), each
     step feeding the model's own arg-max token. With ``p_t`` the probability of that arg-max token:
@@ -169,9 +192,11 @@ def diversity_score(
     penalty: float | None = None,
     penalized_scripts: Iterable[str] = SCRIPTS,
 ) -> float:
-    """``scale / max(#unique whitespace-separated words, 1)``, or ``penalty`` (default ``scale``) when
-    ``text`` uses one of ``penalized_scripts`` (see :mod:`olmokit.eval.scripts`). Lower is better:
-    a varied answer has many distinct words."""
+    """``scale / max(#unique whitespace-separated words, 1)``, or ``penalty`` (default ``scale``)
+    when ``text`` uses one of ``penalized_scripts`` (see :mod:`olmokit.eval.scripts`).
+
+    Lower is better: a varied answer has many distinct words.
+    """
     if uses_script(text, penalized_scripts):
         return scale if penalty is None else penalty
     return scale / max(len(set(text.split())), 1)
@@ -188,11 +213,12 @@ def diversity(
     stop_ids: Iterable[int] | None = None,
     batch_size: int = 8,
 ) -> list[float]:
-    """Greedy answer to each context (at most ``max_new_tokens``, stopping at ``stop_ids``, by default
-    EOS and ``<|im_end|>``), decoded without special tokens and scored by :func:`diversity_score`.
+    """Greedy answer to each context (at most ``max_new_tokens``, stopping at ``stop_ids``, by
+    default EOS and ``<|im_end|>``), decoded without special tokens and scored by
+    :func:`diversity_score`.
 
-    The original generated up to 8192 tokens per sample, which on a repetitive model costs minutes per
-    candidate; bound it here. Pass ``penalized_scripts=("cjk",)`` for the original's check.
+    The original generated up to 8192 tokens per sample, which on a repetitive model costs minutes
+    per candidate; bound it here. Pass ``penalized_scripts=("cjk",)`` for the original's check.
     """
     penalized = tuple(penalized_scripts)
     uses_script("", penalized)  # unknown script names fail before any generation
@@ -210,23 +236,13 @@ def diversity(
 def response_nll(
     model: nn.Module, samples: Sequence[SampleLike], batch_size: int = 8, pad_token_id: int = 0
 ) -> list[float]:
-    """Mean NLL (nats/token) of each response given its context: the merge's plain ``nll`` metric."""
+    """Mean NLL (nats/token) of each response given its context (the merge's ``nll`` metric)."""
     items = _samples(samples, 1, "response_nll")
-    collate = PaddingCollator(pad_token_id)
     scores = [0.0] * len(items)
-    lengths = [len(s.context_ids) + len(s.response_ids) for s in items]
-    for idx in _batches(lengths, batch_size):
+    for idx in _batches([len(s.context_ids) + len(s.response_ids) for s in items], batch_size):
         chunk = [items[i] for i in idx]
-        batch = collate(
-            [
-                {
-                    "input_ids": s.context_ids + s.response_ids,
-                    "labels": (IGNORE_INDEX,) * len(s.context_ids) + s.response_ids,
-                }
-                for s in chunk
-            ]
-        )
-        nll = sequence_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        logits, labels = _response_logits(model, chunk, pad_token_id)
+        nll = -token_logprobs(logits, labels)  # 0 past each response's end
         for row, s in enumerate(chunk):
             scores[idx[row]] = float(nll[row].sum()) / len(s.response_ids)
     return scores

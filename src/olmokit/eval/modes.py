@@ -1,8 +1,8 @@
 """Running a model for scoring: eval mode that is always restored, and where the model lives.
 
-Every scorer in :mod:`olmokit.eval` runs under :func:`eval_mode`, so dropout is off while scoring and a
-model that was training (a JoLA run evaluating between epochs) goes back to training afterwards, even
-when scoring raises.
+Every scorer in :mod:`olmokit.eval` runs under :func:`eval_mode`, so dropout is off while scoring
+and a model that was training (a JoLA run evaluating between epochs) goes back to training
+afterwards, even when scoring raises.
 """
 
 from __future__ import annotations

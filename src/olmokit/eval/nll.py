@@ -5,15 +5,15 @@ Two levels:
 * **logits level** (differentiable, no model call): :func:`log_probs`, :func:`token_logprobs`,
   :func:`token_nll`, :func:`label_mask`, :func:`mean_nll`. The lens's ``return_type="loss"`` and its
   backward target use these, so gradients flow through them.
-* **model level** (``no_grad``, eval mode): :func:`sequence_nll` and :func:`mean_sequence_nll` run the
-  model on a padded batch and score it.
+* **model level** (``no_grad``, eval mode): :func:`sequence_nll` and :func:`mean_sequence_nll` run
+  the model on a padded batch and score it.
 
 Conventions. ``labels`` has the shape of ``input_ids``; ``labels[:, t]`` is the token position ``t``
 should hold, scored by the logits at ``t - 1`` (the usual causal shift), and positions set to
 :data:`~olmokit.data.formatting.IGNORE_INDEX` (-100) do not count. Per-token results are therefore
-``[batch, seq - 1]``, with 0 at positions that do not count, so ``sum`` gives the summed NLL directly.
-Log-softmax runs in float32 (float64 stays float64): bf16 logits have ~3 significant digits, not enough
-to rank choices whose log-probabilities differ in the third digit.
+``[batch, seq - 1]``, with 0 at positions that do not count, so ``sum`` gives the summed NLL
+directly. Log-softmax runs in float32 (float64 stays float64): bf16 logits have ~3 significant
+digits, not enough to rank choices whose log-probabilities differ in the third digit.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def sequence_nll(
 ) -> torch.Tensor:
     """Per-token NLL ``[batch, seq - 1]`` of a (right-padded) batch under a causal LM, in eval mode.
 
-    ``labels`` defaults to the input ids with padding positions ignored. The result is on the model's
-    device, float32, 0 where a label does not count.
+    ``labels`` defaults to the input ids with padding positions ignored. The result is on the
+    model's device, float32, 0 where a label does not count.
     """
     device = model_device(model)
     input_ids = input_ids.to(device)

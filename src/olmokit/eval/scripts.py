@@ -1,9 +1,10 @@
 """Which Unicode scripts a text uses, in pure Python (no ``regex`` dependency, no ICU).
 
-The merge's diversity metric penalises answers that drift into a script the evaluation does not expect
-(a model merged from multilingual donors that starts answering in Chinese). The original checked only
-U+4E00–U+9FFF; here each script is a table of code-point ranges from the Unicode blocks, so Japanese
-kana, Korean Hangul and the CJK extensions are caught too, and the set to penalise is configurable.
+The merge's diversity metric penalises answers that drift into a script the evaluation does not
+expect (a model merged from multilingual donors that starts answering in Chinese). The original
+checked only U+4E00–U+9FFF; here each script is a table of code-point ranges from the Unicode
+blocks, so Japanese kana, Korean Hangul and the CJK extensions are caught too, and the set to
+penalise is configurable.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 
 __all__ = ["SCRIPT_RANGES", "SCRIPTS", "script_of", "scripts_in", "uses_script"]
 
-#: Inclusive code-point ranges per script name (Unicode blocks; the kana supplements split by letter).
+#: Inclusive code-point ranges per script (Unicode blocks; kana supplements split by letter).
 SCRIPT_RANGES: dict[str, tuple[tuple[int, int], ...]] = {
     "cjk": (
         (0x2E80, 0x2EFF),  # CJK Radicals Supplement
@@ -72,7 +73,7 @@ def scripts_in(text: str) -> set[str]:
 
 
 def uses_script(text: str, scripts: Iterable[str]) -> bool:
-    """Whether ``text`` holds a character of any of ``scripts``; unknown names raise ``ValueError``."""
+    """Whether ``text`` holds a character of ``scripts``; unknown names raise ``ValueError``."""
     wanted = set(scripts)
     unknown = wanted - set(SCRIPT_RANGES)
     if unknown:
