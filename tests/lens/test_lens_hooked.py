@@ -262,3 +262,21 @@ def test_names_filter_validation(hooked, tokens):
         hooked.run_with_cache(tokens, names_filter=3)
     with pytest.raises(ValueError, match="unknown hook"):
         hooked.run_with_hooks(tokens, fwd_hooks=[("blocks.9.hook_resid_pre", lambda x, hook: None)])
+
+
+@pytest.mark.parametrize("text", ["", ["a", ""], []])
+def test_empty_prompt_is_a_config_error(text, zoo_tokenizer):
+    from olmokit.errors import ConfigError
+    from olmokit.lens.logit_lens import logit_lens
+
+    hooked = HookedOlmo(random_model("olmo2", "tiny"), zoo_tokenizer)
+    with pytest.raises(ConfigError, match="empty prompt"):
+        hooked.to_tokens(text)
+    with pytest.raises(ConfigError, match="empty prompt"):
+        logit_lens(hooked, text)
+    assert hooked.to_tokens(" ").shape == (1, 1)  # whitespace is a prompt
+
+
+def test_w_u_is_the_unembedding(hooked):
+    assert torch.equal(hooked.W_U, get_adapter(hooked.model).lm_head().weight.T)
+    assert hooked.W_U.shape == (hooked.adapter.hidden_size, hooked.adapter.vocab_size)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..eval.nll import mean_nll
 from ..family import FamilyAdapter, get_adapter
 from .cache import ActivationCache
@@ -126,6 +127,9 @@ class HookedOlmo(nn.Module):
         if self.tokenizer is None:
             raise ValueError("no tokenizer: pass token ids, or build HookedOlmo(model, tokenizer)")
         texts = [text] if isinstance(text, str) else list(text)
+        if not texts or any(t == "" for t in texts):
+            # zero tokens would fail deep inside HF's forward; whitespace is a valid prompt
+            raise ConfigError("empty prompt: give the text the model should read")
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         if len({len(x) for x in ids}) != 1:
             raise ValueError(
