@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+from common import FAMILY_MODELS
 from pydantic import Field
 from torch import nn
 from transformers import Trainer, TrainerCallback
@@ -33,7 +34,7 @@ from olmokit.inject import (
 from olmokit.loading import load_model
 from olmokit.zoo.presets import random_model
 
-ZOO = {"olmo": "olmo-tiny-random", "olmo2": "olmo2-tiny-random", "olmo3": "olmo3-tiny-random"}
+ZOO = FAMILY_MODELS  # the shared test matrix's tiny random model per OLMo generation
 IDS = torch.tensor(
     [[5, 17, 99, 3, 250, 1000, 7, 8, 9, 10, 11, 12], [42, 43, 44, 45, 1, 2, 3, 4, 5, 6, 7, 8]]
 )

@@ -3,7 +3,8 @@
 Per attention head h of each edited layer: z'_h = (1 + g2_h·A_h) ⊙ z_h + g1_h·v_h on the input of
 ``o_proj``, with HardConcrete gates g1 (additive) and g2 (multiplicative). L·H·(2·head_dim + 2)
 trainable parameters. Start with :func:`attach_jola` (any loaded OLMo model) or the seed-style
-``JoLAOlmo2Model.jola_from_pretrained(...)``, train with :class:`JoLATrainer` or :func:`train_jola`,
+``JoLAOlmo2Model.jola_from_pretrained(...)``, train with :class:`JoLATrainer` or :func:`run_jola`
+(a whole config into a resumable run directory; :func:`train_jola` returns its summary dict),
 then :func:`save_jola` / :func:`load_jola`, :func:`merge_jola` (exact fold into plain HF weights) and
 :func:`write_report` (which heads are open). See ``docs/jola.md``.
 """
@@ -27,7 +28,7 @@ from .model import (
 )
 from .pretrained import JoLAModel, JoLAOlmo2Model, JoLAOlmo3Model, JoLAOlmoModel
 from .report import GateReport, gate_report, write_report
-from .run import load_run_data, train_jola
+from .run import load_run_data, run_jola, train_jola
 from .schedulers import SCHEDULERS, GateScheduler, make_scheduler
 from .train import JoLATrainer, TrainingDivergedError, gate_penalty, training_arguments
 
@@ -71,6 +72,7 @@ __all__ = [
     "num_jola_parameters",
     "prob_open",
     "read_adapter",
+    "run_jola",
     "sample_gate",
     "save_jola",
     "save_merged",

@@ -30,7 +30,8 @@ from ..family import get_adapter
 from ..inject import AdapterFormat, check_base
 from ..inject import read_adapter as _read_files
 from ..inject import save_adapter as _save_files
-from ..loading import save_model
+from ..loading import load_model, load_tokenizer, save_model
+from ..zoo.registry import DEFAULT_MODEL
 from .config import JoLASettings
 from .layer import HardConcrete
 from .model import (
@@ -48,9 +49,11 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "FORMAT",
+    "adapter_base_name",
     "check_adapter_base",
     "FORMAT_VERSION",
     "load_jola",
+    "merge_adapter",
     "merge_jola",
     "read_adapter",
     "save_jola",
@@ -179,6 +182,34 @@ def merge_jola(
             o.bias.copy_(bias.to(o.bias.dtype))
         o.weight.copy_((w * scale[None, :]).to(o.weight.dtype))
     return detach_jola(model)
+
+
+def adapter_base_name(adapter_dir: str | os.PathLike[str]) -> str:
+    """The base an adapter was trained on, as recorded in it (the zoo default when unrecorded)."""
+    meta, _ = read_adapter(adapter_dir)
+    return meta["base_model"].get("name_or_path") or DEFAULT_MODEL
+
+
+def merge_adapter(
+    adapter_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    gate_mode: str | None = None,
+    topk: int | None = None,
+    dtype: str = "float32",
+) -> tuple[Path, nn.Module, str]:
+    """Load the base (``model``, default: the adapter's recorded base), fold the adapter into it and
+    write a plain HF directory with the base's tokenizer. Returns ``(out_dir, merged, base name)``."""
+    base_name = model or adapter_base_name(adapter_dir)
+    base = load_model(base_name, dtype=dtype)
+    load_jola(base, adapter_dir)
+    merged = merge_jola(base, gate_mode, topk)
+    try:
+        tokenizer = load_tokenizer(base_name)
+    except CheckpointError:  # a base without a tokenizer still merges
+        tokenizer = None
+    return save_model(merged, out_dir, tokenizer), merged, base_name
 
 
 def save_merged(

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.common import add_tool_parser, print_json, print_table
-from ..zoo.registry import DEFAULT_MODEL
 
 __all__ = ["register"]
 
@@ -137,65 +136,41 @@ def _fmt(x: Any) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..data.readers import read_records
-    from ..data.tasks import get_task
-    from ..eval import evaluate_examples
-    from ..files import atomic_write_json
-    from ..loading import load_model, load_tokenizer
-    from .checkpoint import load_jola, read_adapter
-    from .model import detach_jola, has_jola
-    from .run import heldout_examples
+    from .run import evaluate_adapters
 
-    base_name = args.model
-    if base_name is None and args.adapters:
-        base_name = read_adapter(args.adapters[0])[0]["base_model"].get("name_or_path") or None
-    base_name = base_name or DEFAULT_MODEL
-    model = load_model(base_name, device=args.device)
-    tokenizer = load_tokenizer(base_name)
-    if args.data:
-        examples = heldout_examples(read_records(args.data))[: args.limit]
-    else:
-        examples = get_task(args.task).heldout[: args.limit]
-    gen = not args.no_generate
-    results = {
-        "base": evaluate_examples(model, tokenizer, examples, args.batch_size, gen, progress=True)
-    }
-    for adapter in args.adapters:
-        if has_jola(model):
-            detach_jola(model)
-        load_jola(model, adapter)
-        results[adapter] = evaluate_examples(
-            model, tokenizer, examples, args.batch_size, gen, progress=True
-        )
-    mc = bool(examples) and len(examples[0].choices) > 1
+    out = evaluate_adapters(
+        args.adapters,
+        model=args.model,
+        task=args.task,
+        data_file=args.data,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        generate=not args.no_generate,
+        device=args.device,
+        json_path=args.json,
+    )
     rows = [
-        [name, _fmt(r.get("acc")) if mc else "-", _fmt(r.get("em")), r.get("n")]
-        for name, r in results.items()
+        [name, _fmt(r.get("acc")) if out["mc"] else "-", _fmt(r.get("em")), r.get("n")]
+        for name, r in out["results"].items()
     ]
-    print(f"model: {base_name}; {len(examples)} held-out examples")
+    print(f"model: {out['model']}; {out['n']} held-out examples")
     print_table(["model", "acc", "exact match", "n"], rows)
-    if args.json:
-        atomic_write_json(args.json, {"model": base_name, "results": results})
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from ..loading import load_model, load_tokenizer, save_model
-    from .checkpoint import load_jola, merge_jola, read_adapter
+    from .checkpoint import merge_adapter
 
-    meta, _ = read_adapter(args.adapter)
-    base_name = args.model or meta["base_model"].get("name_or_path") or DEFAULT_MODEL
-    model = load_model(base_name, dtype=args.dtype)
-    load_jola(model, args.adapter)
-    merged = merge_jola(model, args.gate_mode, args.topk)
-    try:
-        tokenizer = load_tokenizer(base_name)
-    except Exception:  # a base without a tokenizer still merges
-        tokenizer = None
-    out = save_model(merged, args.out, tokenizer)
-    print(
-        f"merged {args.adapter} into {base_name}: {out} (attention_bias={merged.config.attention_bias})"
+    out, merged, base_name = merge_adapter(
+        args.adapter,
+        args.out,
+        model=args.model,
+        gate_mode=args.gate_mode,
+        topk=args.topk,
+        dtype=args.dtype,
     )
+    bias = merged.config.attention_bias
+    print(f"merged {args.adapter} into {base_name}: {out} (attention_bias={bias})")
     return 0
 
 

@@ -31,15 +31,25 @@ from ..data.readers import Record, read_records
 from ..data.tasks import MultipleChoiceExample, get_task, mc_examples_from_records
 from ..errors import DataError
 from ..eval import eval_mode, evaluate_examples
+from ..files import atomic_write_json
 from ..loading import load_model, load_tokenizer, resolve_device
 from ..runs import RunDir
-from .checkpoint import save_jola
+from ..zoo.registry import DEFAULT_MODEL
+from .checkpoint import adapter_base_name, load_jola, save_jola
 from .config import DataSection, JoLAConfig
-from .model import attach_jola, disable_jola, num_jola_parameters
+from .model import attach_jola, detach_jola, disable_jola, has_jola, num_jola_parameters
 from .report import write_report
 from .train import JoLATrainer, training_arguments
 
-__all__ = ["RunData", "compare_on", "heldout_examples", "load_run_data", "run_jola", "train_jola"]
+__all__ = [
+    "RunData",
+    "compare_on",
+    "evaluate_adapters",
+    "heldout_examples",
+    "load_run_data",
+    "run_jola",
+    "train_jola",
+]
 
 #: Test hook: the process sleeps after this optimizer step, so a test can SIGKILL it at a known point.
 HANG_ENV = "OLMOKIT_TEST_HANG_AFTER_STEP"
@@ -136,6 +146,47 @@ class _HangAfterStep(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             time.sleep(3600)
+
+
+def evaluate_adapters(
+    adapters: list[str],
+    *,
+    model: str | None = None,
+    task: str = "stdlib_module",
+    data_file: str | None = None,
+    limit: int = 200,
+    batch_size: int = 16,
+    generate: bool = True,
+    device: str = "cpu",
+    progress: bool = True,
+    json_path: str | None = None,
+) -> dict[str, Any]:
+    """Held-out scores of the base and of each adapter on it (``olmokit jola eval``).
+
+    The base is ``model``, else the first adapter's recorded base, else the zoo default; examples
+    come from ``data_file`` (records with ``choices`` get MC accuracy) or the built-in ``task``.
+    Returns ``{"model", "n", "mc", "results": {"base": ..., adapter: ...}}``; ``json_path`` also
+    gets ``{"model", "results"}``.
+    """
+    base_name = model or (adapter_base_name(adapters[0]) if adapters else DEFAULT_MODEL)
+    base = load_model(base_name, device=resolve_device(device))
+    tokenizer = load_tokenizer(base_name)
+    if data_file:
+        examples = heldout_examples(read_records(data_file))[:limit]
+    else:
+        examples = get_task(task).heldout[:limit]
+    results = {"base": evaluate_examples(base, tokenizer, examples, batch_size, generate, progress)}
+    for adapter in adapters:
+        if has_jola(base):
+            detach_jola(base)
+        load_jola(base, adapter)
+        results[adapter] = evaluate_examples(
+            base, tokenizer, examples, batch_size, generate, progress
+        )
+    if json_path:
+        atomic_write_json(json_path, {"model": base_name, "results": results})
+    mc = bool(examples) and len(examples[0].choices) > 1
+    return {"model": base_name, "n": len(examples), "mc": mc, "results": results}
 
 
 def _is_main_process() -> bool:
