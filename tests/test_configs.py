@@ -13,6 +13,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_CLASSES = {
     "zoo": "olmokit.zoo.build.config:ZooBuildConfig",
     "jola": "olmokit.jola.config:JoLAConfig",
+    "lens": "olmokit.lens.config:LensConfig",
 }
 
 
