@@ -83,7 +83,8 @@ def train_and_eval(method: str, seed: int, steps: int, bs: int, tok, train, held
         remove_unused_columns=False, use_cpu=device == "cpu",
     )
     kw = dict(model=model, args=args, train_dataset=train, data_collator=PaddingCollator(tok.pad_token_id))
-    trainer = JoLATrainer(**kw) if method == "jola" else Trainer(**kw)
+    # JoLA's penalty settings go to its trainer explicitly (the defaults, as attached in build())
+    trainer = JoLATrainer(**kw, jola_settings=JoLASettings(init_seed=seed)) if method == "jola" else Trainer(**kw)
     trainer.train()
     model.eval()
     acc = mc_accuracy(model, tok, heldout, batch_size=32)["acc"]

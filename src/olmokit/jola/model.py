@@ -69,10 +69,6 @@ class JoLAState:
     def layers(self) -> list[int]:
         return sorted(self.edits)
 
-    @property
-    def enabled(self) -> bool:
-        return self.injection.enabled
-
 
 def get_jola_state(model: nn.Module) -> JoLAState:
     state = getattr(model, _STATE_ATTR, None)
