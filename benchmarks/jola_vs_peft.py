@@ -58,9 +58,13 @@ def build(method: str, seed: int, device: str):
     q, k, v = (spec.attn_projections[x] for x in "qkv")
     down = spec.mlp_projections["down"]
     if method == "lora":
-        cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[q, v], task_type="CAUSAL_LM")
+        cfg = LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[q, v], task_type="CAUSAL_LM"
+        )
     elif method == "ia3":
-        cfg = IA3Config(target_modules=[k, v, down], feedforward_modules=[down], task_type="CAUSAL_LM")
+        cfg = IA3Config(
+            target_modules=[k, v, down], feedforward_modules=[down], task_type="CAUSAL_LM"
+        )
     else:
         raise ValueError(method)
     model = get_peft_model(model, cfg)
@@ -72,19 +76,37 @@ def data(tok, n_train: int):
     return encode_records([e.record() for e in task.train[:n_train]], tok, 256), task.heldout
 
 
-def train_and_eval(method: str, seed: int, steps: int, bs: int, tok, train, heldout, device: str) -> dict[str, Any]:
+def train_and_eval(
+    method: str, seed: int, steps: int, bs: int, tok, train, heldout, device: str
+) -> dict[str, Any]:
     from transformers import Trainer, TrainingArguments
 
     model, n_params = build(method, seed, device)
     args = TrainingArguments(
-        output_dir=f"/tmp/jola_bench/{method}-{seed}", max_steps=steps, per_device_train_batch_size=bs,
-        learning_rate=LR[method], lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10), seed=seed,
-        eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10_000,
-        remove_unused_columns=False, use_cpu=device == "cpu",
+        output_dir=f"/tmp/jola_bench/{method}-{seed}",
+        max_steps=steps,
+        per_device_train_batch_size=bs,
+        learning_rate=LR[method],
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 10),
+        seed=seed,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=10_000,
+        remove_unused_columns=False,
+        use_cpu=device == "cpu",
     )
-    kw = dict(model=model, args=args, train_dataset=train, data_collator=PaddingCollator(tok.pad_token_id))
+    kw = dict(
+        model=model, args=args, train_dataset=train, data_collator=PaddingCollator(tok.pad_token_id)
+    )
     # JoLA's penalty settings go to its trainer explicitly (the defaults, as attached in build())
-    trainer = JoLATrainer(**kw, jola_settings=JoLASettings(init_seed=seed)) if method == "jola" else Trainer(**kw)
+    trainer = (
+        JoLATrainer(**kw, jola_settings=JoLASettings(init_seed=seed))
+        if method == "jola"
+        else Trainer(**kw)
+    )
     trainer.train()
     model.eval()
     acc = mc_accuracy(model, tok, heldout, batch_size=32)["acc"]
@@ -138,8 +160,21 @@ def time_steps(steps: int, bs: int, device: str) -> dict[str, float]:
 
 def _child(flag: str, method: str, bs: int, device: str, steps: int) -> float:
     out = subprocess.run(
-        [sys.executable, __file__, flag, method, "--bs", str(bs), "--device", device, "--timing-steps", str(steps)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            __file__,
+            flag,
+            method,
+            "--bs",
+            str(bs),
+            "--device",
+            device,
+            "--timing-steps",
+            str(steps),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -179,7 +214,9 @@ def memory_child(method: str, steps: int, bs: int, device: str) -> float:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _rss_kb("VmHWM:") * 1024
+    peak = (
+        torch.cuda.max_memory_allocated() if device.startswith("cuda") else _rss_kb("VmHWM:") * 1024
+    )
     return (peak - before) / 2**20
 
 
@@ -189,7 +226,9 @@ def peak_memory(method: str, steps: int, bs: int, device: str) -> float:
     return _child("--memory-child", method, bs, device, steps)
 
 
-def loop_vs_vectorised(heads: int = 32, head_dim: int = 64, tokens: int = 8 * 64, reps: int = 30, device: str = "cpu") -> dict[str, float]:
+def loop_vs_vectorised(
+    heads: int = 32, head_dim: int = 64, tokens: int = 8 * 64, reps: int = 30, device: str = "cpu"
+) -> dict[str, float]:
     """Forward+backward of the edit alone: reference per-head loop vs the single addcmul."""
     edit = JoLAEdit(heads, head_dim, HardConcrete()).to(device)
     edit.reset_parameters(1e-3, "xavier")
@@ -207,7 +246,14 @@ def loop_vs_vectorised(heads: int = 32, head_dim: int = 64, tokens: int = 8 * 64
         return (time.perf_counter() - t0) / reps
 
     loop_t, vec_t = run(edit.forward_loop), run(edit.forward)
-    return {"heads": heads, "head_dim": head_dim, "tokens": tokens, "loop_ms": loop_t * 1e3, "vectorised_ms": vec_t * 1e3, "speedup": loop_t / vec_t}
+    return {
+        "heads": heads,
+        "head_dim": head_dim,
+        "tokens": tokens,
+        "loop_ms": loop_t * 1e3,
+        "vectorised_ms": vec_t * 1e3,
+        "speedup": loop_t / vec_t,
+    }
 
 
 def main() -> None:
@@ -215,7 +261,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=80, help="optimizer steps per training run")
     ap.add_argument("--bs", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--timing-steps", type=int, default=40, help="interleaved timed steps per method")
+    ap.add_argument(
+        "--timing-steps", type=int, default=40, help="interleaved timed steps per method"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -238,27 +286,40 @@ def main() -> None:
             print(f"# seed {seed} {m}: acc {r['acc']:.3f}", file=sys.stderr, flush=True)
     step = time_steps(a.timing_steps, a.bs, a.device)
     mem = {m: peak_memory(m, 10, a.bs, a.device) for m in METHODS}
-    loops = [loop_vs_vectorised(16, 64, device=a.device), loop_vs_vectorised(32, 128, device=a.device)]
+    loops = [
+        loop_vs_vectorised(16, 64, device=a.device),
+        loop_vs_vectorised(32, 128, device=a.device),
+    ]
 
     def acc(m: str) -> tuple[float, float]:
         xs = [r["acc"] for r in runs[m]]
         return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
-    print(f"zoo model olmo2-stdlib, task stdlib_module: {len(train)} train / {len(heldout)} held-out, "
-          f"{a.steps} steps x batch {a.bs}, {a.seeds} seeds, device {a.device}, torch {torch.__version__}, "
-          f"{platform.machine()}\n")
-    print("| method | trainable params | step time (ms) | ratio vs IA3 | peak train mem (MiB) | held-out acc (mean ± std) |")
+    print(
+        f"zoo model olmo2-stdlib, task stdlib_module: {len(train)} train / {len(heldout)} held-out, "
+        f"{a.steps} steps x batch {a.bs}, {a.seeds} seeds, device {a.device}, torch {torch.__version__}, "
+        f"{platform.machine()}\n"
+    )
+    print(
+        "| method | trainable params | step time (ms) | ratio vs IA3 | peak train mem (MiB) | held-out acc (mean ± std) |"
+    )
     print("|---|---|---|---|---|---|")
     print(f"| base | 0 | - | - | - | {base_acc:.3f} |")
     for m in METHODS:
         mu, sd = acc(m)
-        print(f"| {m} | {runs[m][0]['params']:,} | {step[m] * 1e3:.1f} | {step[m] / step['ia3']:.2f} | "
-              f"{mem[m]:.1f} | {mu:.3f} ± {sd:.3f} |")
-    print("\n| edit (forward+backward) | heads x head_dim | tokens | per-head loop (ms) | vectorised (ms) | speedup |")
+        print(
+            f"| {m} | {runs[m][0]['params']:,} | {step[m] * 1e3:.1f} | {step[m] / step['ia3']:.2f} | "
+            f"{mem[m]:.1f} | {mu:.3f} ± {sd:.3f} |"
+        )
+    print(
+        "\n| edit (forward+backward) | heads x head_dim | tokens | per-head loop (ms) | vectorised (ms) | speedup |"
+    )
     print("|---|---|---|---|---|---|")
     for lv in loops:
-        print(f"| JoLA edit | {lv['heads']} x {lv['head_dim']} | {lv['tokens']} | {lv['loop_ms']:.2f} | "
-              f"{lv['vectorised_ms']:.3f} | {lv['speedup']:.1f}x |")
+        print(
+            f"| JoLA edit | {lv['heads']} x {lv['head_dim']} | {lv['tokens']} | {lv['loop_ms']:.2f} | "
+            f"{lv['vectorised_ms']:.3f} | {lv['speedup']:.1f}x |"
+        )
     result = {
         "jola_params": runs["jola"][0]["params"],
         "lora_params": runs["lora"][0]["params"],
