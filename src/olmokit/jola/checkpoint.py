@@ -77,7 +77,10 @@ def save_jola(
 ) -> Path:
     """Write the adapter (tensors + JSON config) to ``out_dir``; nothing of the base model."""
     state = get_jola_state(model)
-    meta: dict[str, Any] = {"applied_layers": state.layers, "settings": state.settings.as_dict()}
+    meta: dict[str, Any] = {
+        "applied_layers": state.applied_layers,
+        "settings": state.settings.as_dict(),
+    }
     if extra:
         meta["extra"] = extra
     return _save_files(out_dir, ADAPTER_FORMAT, jola_state_dict(model), model, meta)
@@ -123,9 +126,9 @@ def load_jola(
     layers = list(meta["applied_layers"])
     if has_jola(model):
         state = get_jola_state(model)
-        if state.layers != layers:
+        if state.applied_layers != layers:
             raise CheckpointError(
-                f"model has JoLA on layers {state.layers}, adapter {adapter_dir} on {layers}; detach first"
+                f"model has JoLA on layers {state.applied_layers}, adapter {adapter_dir} on {layers}; detach first"
             )
         state.settings = settings
         hc = HardConcrete.from_settings(settings)

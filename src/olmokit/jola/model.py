@@ -66,7 +66,7 @@ class JoLAState:
         return {int(key.split(".")[1]): e for key, e in self.injection.modules.items()}
 
     @property
-    def layers(self) -> list[int]:
+    def applied_layers(self) -> list[int]:
         return sorted(self.edits)
 
 
