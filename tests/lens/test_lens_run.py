@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from olmokit.errors import OlmokitError
 from olmokit.lens.attribution import direct_logit_attribution
 from olmokit.lens.config import JOB_KINDS, LensConfig
 from olmokit.lens.heads import induction_score
@@ -172,3 +173,17 @@ def test_resume_reruns_only_missing_jobs(tmp_path):
     assert run.resumed and (run.path / "a.json").stat().st_mtime_ns == a_time
     assert _load(run, "summary") == first
     assert len(json.loads((run.path / "environment.json").read_text())["starts"]) == 2
+
+
+def test_a_model_that_does_not_load_leaves_no_run_behind(tmp_path):
+    out = tmp_path / "run"
+    config = LensConfig.from_dict(
+        {
+            "model": {"name": str(tmp_path / "no-such-model")},
+            "output_dir": str(out),
+            "jobs": [{"kind": "head_scores"}],
+        }
+    )
+    with pytest.raises(OlmokitError):
+        run_lens(config)
+    assert not out.exists()  # so the corrected config can use the directory without --overwrite

@@ -21,7 +21,7 @@ import torch
 
 from .. import plots
 from ..errors import ConfigError
-from ..runs import RunDir
+from ..runs import CONFIG_FILE, ENVIRONMENT_FILE, RunDir
 from .attribution import direct_logit_attribution
 from .config import (
     AttentionPatternJob,
@@ -94,7 +94,12 @@ def run_lens(
         overwrite=overwrite,
         ignore_on_resume=("model.device",),
     )
-    hooked = model if model is not None else load_hooked(config.model)
+    try:
+        hooked = model if model is not None else load_hooked(config.model)
+    except BaseException:
+        if not run.resumed:
+            _remove_unstarted(run)
+        raise
     entries = []
     for name, job in zip(config.job_names(), config.jobs):
         json_name = f"{name}.json"
@@ -118,6 +123,16 @@ def run_lens(
     summary = {"model": config.model.name, "cfg": hooked.cfg, "jobs": entries}
     run.write_json(SUMMARY_FILE, summary)
     return run
+
+
+def _remove_unstarted(run: RunDir) -> None:
+    """Undo a fresh run directory whose model never loaded (a typo in ``model.name``, say), so the
+    corrected config can use the same directory without ``--overwrite``. Only the two files
+    :meth:`RunDir.create` wrote are removed, and the directory only when that leaves it empty."""
+    for name in (CONFIG_FILE, ENVIRONMENT_FILE):
+        (run.path / name).unlink(missing_ok=True)
+    if run.path.is_dir() and not any(run.path.iterdir()):
+        run.path.rmdir()
 
 
 def run_job(model: HookedOlmo, job: Any, run: RunDir, name: str) -> dict[str, Any]:
