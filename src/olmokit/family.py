@@ -407,8 +407,9 @@ class FamilyAdapter:
         return f"{self.spec.base_model_attr}.{self.spec.layers_attr}.{i}"
 
     def module_path(self, i: int, role: str) -> str:
-        """Dotted path of a per-layer module by role: "attn", "mlp", "q_proj".."o_proj",
-        "q_norm"/"k_norm", "gate_proj"/"up_proj"/"down_proj", or a :class:`NormSite` value."""
+        """Dotted path of a per-layer module by role: "layer" (the decoder layer itself), "attn",
+        "mlp", "q_proj".."o_proj", "q_norm"/"k_norm", "gate_proj"/"up_proj"/"down_proj", or a
+        :class:`NormSite` value."""
         s = self.spec
         base = self.layer_path(i)
         if role == "layer":
