@@ -33,7 +33,7 @@ from ..errors import DataError
 from ..eval import eval_mode, evaluate_examples
 from ..files import atomic_write_json
 from ..loading import load_model, load_tokenizer, resolve_device
-from ..runs import RunDir
+from ..runs import CHECKPOINTS_DIR, RunDir
 from ..zoo.registry import DEFAULT_MODEL
 from .checkpoint import adapter_base_name, load_jola, save_jola
 from .config import DataSection, JoLAConfig
@@ -207,7 +207,8 @@ def _open_run(config: JoLAConfig, resume: bool, overwrite: bool) -> RunDir:
             seed=config.training.seed,
             ignore_on_resume=IGNORE_ON_RESUME,
         )
-    # other ranks only read it (the main process has created or checked it before the ranks meet)
+    # Other ranks must not write into it before the main process has created (or checked) it: they
+    # only read it, and Trainer writes their checkpoint files after the process group has formed.
     return RunDir(out, tool="jola", resumed=resume)
 
 
@@ -264,7 +265,7 @@ def _run(
         overrides["eval_strategy"] = "no"
     args = training_arguments(
         config.training,
-        run.checkpoints,
+        run.path / CHECKPOINTS_DIR,  # not run.checkpoints: other ranks must not create it early
         disable_tqdm=config.training.disable_tqdm or not progress,
         **overrides,
     )
