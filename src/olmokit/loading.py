@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, FamilyError
 from .family import FamilyAdapter, get_adapter
 from .files import atomic_directory, read_text
 from .zoo.presets import random_model
@@ -189,6 +189,11 @@ def _load_error(source: _Source, exc: BaseException, file: str = "") -> Checkpoi
     return _offline_hint(source.name, exc)
 
 
+#: Checkpoint tensors that must all be used: the decoder's. Rotary ``inv_freq`` buffers (saved by old
+#: checkpoints, recomputed by transformers) and keys outside the decoder stay allowed.
+_DECODER_PREFIXES = ("model.", "lm_head.")
+
+
 def load_model(
     name_or_path: str | os.PathLike[str] | None = None,
     *,
@@ -200,7 +205,11 @@ def load_model(
     allow_missing: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """Load an OLMo v1/2/3 causal LM, checked against the supported families, in eval mode."""
+    """Load an OLMo v1/2/3 causal LM, checked against the supported families, in eval mode.
+
+    A checkpoint that would leave tensors randomly initialised, or whose decoder tensors the model
+    would not use, is refused unless ``allow_missing`` (for deliberately partial checkpoints).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
@@ -227,7 +236,10 @@ def load_model(
         )
     except _config_errors() as exc:
         raise _load_error(source, exc, "config.json") from exc
-    FamilyAdapter.for_config(config)  # family + transformers-version gate before reading weights
+    try:  # family + transformers-version gate before reading weights
+        FamilyAdapter.for_config(config)
+    except FamilyError as exc:
+        raise FamilyError(f"{name}: {exc}") from None
     load_kwargs: dict[str, Any] = dict(
         config=config,
         revision=revision,
@@ -242,11 +254,30 @@ def load_model(
         model, info = AutoModelForCausalLM.from_pretrained(source.location, **load_kwargs)
     except OSError as exc:
         raise _load_error(source, exc) from exc
+    except RuntimeError as exc:
+        if "mismatched" not in str(exc):
+            raise
+        # transformers refuses tensors whose shapes differ from what config.json describes
+        raise CheckpointError(
+            f"{name}: the weights do not match its config.json (tensor shapes differ: hidden, "
+            "intermediate or vocabulary size?)"
+        ) from exc
     missing = list(info.get("missing_keys", []))
     if missing and not allow_missing:
         raise CheckpointError(
             f"{name}: {len(missing)} tensors are missing from the checkpoint and would be randomly "
             f"initialised: {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+        )
+    unused = [
+        k
+        for k in info.get("unexpected_keys", [])
+        if k.startswith(_DECODER_PREFIXES) and not k.endswith("inv_freq")
+    ]
+    if unused and not allow_missing:
+        # e.g. config.json says fewer layers than the weights hold: the model would silently lose them
+        raise CheckpointError(
+            f"{name}: {len(unused)} tensors of the checkpoint have no place in the model its "
+            f"config.json describes (num_hidden_layers?): {unused[:8]}{' ...' if len(unused) > 8 else ''}"
         )
     get_adapter(model)
     if entry is not None:
