@@ -43,6 +43,7 @@ def test_accelerate_two_processes(tmp_path):
         "training_config.max_steps=4",
         "training_config.eval_steps=2",
         "training_config.disable_tqdm=true",
+        "training_config.save_steps=2",
         "data_config.train_size=32",
         "data_config.eval_size=8",
     ]
@@ -52,3 +53,9 @@ def test_accelerate_two_processes(tmp_path):
     summary = json.loads((out / "eval.json").read_text())
     assert summary["world_size"] == 2 and summary["global_step"] == 4
     assert (out / "adapter" / "jola_adapter.safetensors").is_file()
+    # one run directory, written by the main process; checkpoints hold both ranks' RNG states
+    assert json.loads((out / "environment.json").read_text())["tool"] == "jola"
+    ckpt = out / "checkpoints" / "checkpoint-4"
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"rng_state_0.pth", "rng_state_1.pth", "jola_trainer_state.json"} <= names
+    assert {"jola_adapter.safetensors", "trainer_state.json", "optimizer.pt"} <= names
