@@ -11,7 +11,14 @@ from eval_reference import greedy64, token_nll64
 
 from olmokit.data.formatting import IGNORE_INDEX, encode_record
 from olmokit.data.tasks import MultipleChoiceExample
-from olmokit.eval import choice_logprobs, exact_match, mc_accuracy, prompt_text, stop_token_ids
+from olmokit.eval import (
+    choice_logprobs,
+    choices,
+    exact_match,
+    mc_accuracy,
+    prompt_text,
+    stop_token_ids,
+)
 from olmokit.jola import attach_jola
 from olmokit.zoo.presets import random_model
 
@@ -49,6 +56,26 @@ def test_choice_logprobs_match_float64_loop(case, share_prompt, zoo_tokenizer):
     got = choice_logprobs(model, zoo_tokenizer, EXAMPLES, batch_size=6, share_prompt=share_prompt)
     want = _reference(model, zoo_tokenizer, EXAMPLES)
     torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), want, rtol=0, atol=ATOL)
+
+
+def test_uneven_choice_counts_in_one_batch(zoo_tokenizer, monkeypatch):
+    """1 to 4 choices in one batch: each prompt's cache row is repeated its own number of times."""
+    model = random_model("olmo3", "tiny", seed=0)
+    mixed = [
+        MultipleChoiceExample(e.prompt, e.choices[:n], 0) for e, n in zip(EXAMPLES, (2, 4, 3, 1))
+    ]
+    monkeypatch.setattr(
+        choices, "_choice_logprobs_full", None
+    )  # the shared path must not fall back
+    got = choice_logprobs(model, zoo_tokenizer, mixed, batch_size=16)
+    assert [len(s) for s in got] == [2, 4, 3, 1]
+    want = _reference(model, zoo_tokenizer, mixed[1:2])
+    torch.testing.assert_close(
+        torch.tensor(got[1], dtype=torch.float64), want[0], rtol=0, atol=ATOL
+    )
+    for row, ex in zip(got, mixed):
+        ref = _reference(model, zoo_tokenizer, [ex])[0]
+        torch.testing.assert_close(torch.tensor(row, dtype=torch.float64), ref, rtol=0, atol=ATOL)
 
 
 def test_shared_prompt_scoring_matches_full(model_type, zoo_tokenizer):

@@ -96,15 +96,11 @@ def _choice_logprobs_shared(
         out = model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
         )
-        n_choices = [len(items[k][1]) for k in idx]
         rows = [(r, t) for r, k in enumerate(idx) for t in items[k][1]]
-        cache = out.cache
+        # one cache row per (example, choice): prompt r's row repeated for each of its choices
         sel = torch.as_tensor([r for r, _ in rows], device=device)
-        if len(set(n_choices)) == 1 and hasattr(cache, "batch_repeat_interleave"):
-            cache.batch_repeat_interleave(n_choices[0])
-        else:
-            for layer in cache.layers:
-                layer.batch_select_indices(sel)
+        cache = out.cache
+        cache.batch_select_indices(sel)
         targets = pad_right([{"input_ids": t} for _, t in rows])
         tids, tmask = targets["input_ids"].to(device), targets["attention_mask"].to(device)
         tw = tids.shape[1]
