@@ -19,7 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..family import NormSite
+from .cache import ActivationCache
 from .hooked import HookedOlmo
+from .norms import apply_norm_with_scale, norm_scale
 
 __all__ = ["DLAResult", "direct_logit_attribution", "dla_names_filter"]
 
@@ -83,16 +86,13 @@ def direct_logit_attribution(
 
 
 def _apply_final(model: HookedOlmo, stack: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    from .norms import apply_norm_with_scale
-
     adapter = model.adapter
     return apply_norm_with_scale(stack, scale, adapter.final_norm(), adapter)
 
 
-def _bias_component(cache, layer: int, bias: torch.Tensor) -> torch.Tensor:
-    from ..family import NormSite
-    from .norms import apply_norm_with_scale, norm_scale
-
+def _bias_component(cache: ActivationCache, layer: int, bias: torch.Tensor) -> torch.Tensor:
+    """The o_proj bias as a component of its own (it belongs to no head), through the layer's
+    frozen post-attention norm on post-norm OLMo-2/3."""
     adapter = cache.adapter
     z = cache[("z", layer)]
     b = bias.to(z.dtype).expand(*z.shape[:2], -1)[None]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.common import add_model_args, add_tool_parser, print_json, print_table
-from .config import DEFAULT_CLEAN, DEFAULT_CORRUPTED, DEFAULT_PROMPT
+from .config import DEFAULT_CLEAN, DEFAULT_CORRUPTED, DEFAULT_PROMPT, LensConfig
 
 __all__ = ["register"]
 
@@ -93,8 +93,6 @@ def _run(args: argparse.Namespace, config: Any) -> Any:
 
 
 def _shortcut_config(args: argparse.Namespace, jobs: list[dict[str, Any]]) -> Any:
-    from .config import LensConfig
-
     model = {
         "name": args.model,
         "dtype": args.dtype,
@@ -108,8 +106,6 @@ def _shortcut_config(args: argparse.Namespace, jobs: list[dict[str, Any]]) -> An
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from .config import LensConfig
-
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"output_dir={args.out}")
