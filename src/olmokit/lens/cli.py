@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cli.common import add_model_args, add_tool_parser, print_json, print_table
 from .config import DEFAULT_CLEAN, DEFAULT_CORRUPTED, DEFAULT_PROMPT, LensConfig
+
+if TYPE_CHECKING:
+    from ..runs import RunDir
 
 __all__ = ["register"]
 
@@ -85,14 +88,14 @@ def _add_run_dir_args(p: argparse.ArgumentParser, default_out: str | None) -> No
     mode.add_argument("--overwrite", action="store_true", help="replace what the directory holds")
 
 
-def _run(args: argparse.Namespace, config: Any) -> Any:
+def _run(args: argparse.Namespace, config: LensConfig) -> RunDir:
     """Run ``config`` with the flags' resume/overwrite; returns the run directory."""
     from .run import run_lens
 
     return run_lens(config, resume=args.resume, overwrite=args.overwrite, log=print)
 
 
-def _shortcut_config(args: argparse.Namespace, jobs: list[dict[str, Any]]) -> Any:
+def _shortcut_config(args: argparse.Namespace, jobs: list[dict[str, Any]]) -> LensConfig:
     model = {
         "name": args.model,
         "dtype": args.dtype,
