@@ -28,6 +28,7 @@ from olmokit.eval import (
     diversity_score,
     exact_match_score,
     greedy_generate,
+    merge_metric,
     response_nll,
     script_of,
     scripts_in,
@@ -218,3 +219,17 @@ def test_diversity_matches_no_cache_loop(case, zoo_tokenizer):
         words = zoo_tokenizer.decode(tokens, skip_special_tokens=True).split()
         want.append(DIVERSITY_SCALE / max(len(set(words)), 1))
     assert diversity(model, zoo_tokenizer, contexts, max_new_tokens=10, batch_size=3) == want
+
+
+def test_merge_metric_dispatches_by_mode():
+    model = BigramLM(TABLE)
+    samples = [([0], [1, 2, 2]), ([3], [1, 0])]
+    assert merge_metric("bigram_loss", model, WORDS, samples) == bigram_loss(model, samples, 8, 3)
+    assert merge_metric("exact_match", model, WORDS, samples) == exact_match_score(
+        model, samples, 8, 3
+    )
+    assert merge_metric("nll", model, WORDS, samples) == response_nll(model, samples, 8, 3)
+    got = merge_metric("diversity", model, WORDS, samples, max_new_tokens=3, scale=100.0)
+    assert got == [50.0, 100.0 / 3]  # "b c" then EOS; "a b c" (3 -> 0 -> 1 -> 2)
+    with pytest.raises(ValueError, match="unknown merge metric 'bleu'; valid: bigram_loss, exact"):
+        merge_metric("bleu", model, WORDS, samples)

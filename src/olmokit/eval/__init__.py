@@ -10,7 +10,8 @@ Where to start:
 * :mod:`~olmokit.eval.generation`: :func:`greedy_generate` (batched, KV-cached, records the chosen
   token's probability) and :func:`exact_match`.
 * :mod:`~olmokit.eval.merge_metrics`: the OLM merge's ``bigram_loss``, ``exact_match_score``,
-  ``diversity`` and ``response_nll``, all lower-is-better, per sample.
+  ``diversity`` and ``response_nll``, all lower-is-better, per sample; :func:`merge_metric` picks
+  one by the merge config's ``mode`` name.
 * :mod:`~olmokit.eval.modes`: :func:`eval_mode`, which every scorer runs under and which restores
   the previous train/eval flags even when scoring raises.
 
@@ -22,11 +23,13 @@ from .examples import evaluate_examples
 from .generation import GreedyOutput, exact_match, greedy_generate, prompt_text, stop_token_ids
 from .merge_metrics import (
     DIVERSITY_SCALE,
+    MERGE_METRICS,
     ContextResponse,
     bigram_loss,
     diversity,
     diversity_score,
     exact_match_score,
+    merge_metric,
     response_nll,
 )
 from .modes import eval_mode, model_device
@@ -45,6 +48,7 @@ from .scripts import SCRIPT_RANGES, SCRIPTS, script_of, scripts_in, uses_script
 __all__ = [  # sorted, as ruff's RUF022 orders it
     "DIVERSITY_SCALE",
     "IGNORE_INDEX",
+    "MERGE_METRICS",
     "SCRIPTS",
     "SCRIPT_RANGES",
     "ContextResponse",
@@ -63,6 +67,7 @@ __all__ = [  # sorted, as ruff's RUF022 orders it
     "mc_accuracy",
     "mean_nll",
     "mean_sequence_nll",
+    "merge_metric",
     "model_device",
     "prompt_text",
     "response_nll",

@@ -36,6 +36,8 @@ from .scripts import SCRIPTS, uses_script
 __all__ = [
     "ContextResponse",
     "DIVERSITY_SCALE",
+    "MERGE_METRICS",
+    "merge_metric",
     "bigram_loss",
     "exact_match_score",
     "diversity",
@@ -246,3 +248,33 @@ def response_nll(
         for row, s in enumerate(chunk):
             scores[idx[row]] = float(nll[row].sum()) / len(s.response_ids)
     return scores
+
+
+#: The merge's dataset ``mode`` names (as in the original's ``olm_config.yaml``, plus ``nll``).
+MERGE_METRICS = ("bigram_loss", "exact_match", "diversity", "nll")
+
+
+def merge_metric(
+    mode: str,
+    model: nn.Module,
+    tokenizer: Any,
+    samples: Sequence[SampleLike],
+    batch_size: int = 8,
+    **options: Any,
+) -> list[float]:
+    """Per-sample scores of one dataset under its merge ``mode`` (one of :data:`MERGE_METRICS`).
+
+    ``options`` go to the metric (e.g. ``max_new_tokens`` for ``diversity``); padding uses the
+    tokenizer's pad id. The dataset's score is the mean of the list; lower is better for every mode.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if mode == "bigram_loss":
+        return bigram_loss(model, samples, batch_size, pad, **options)
+    if mode == "exact_match":
+        return exact_match_score(model, samples, batch_size, pad, **options)
+    if mode == "nll":
+        return response_nll(model, samples, batch_size, pad, **options)
+    if mode == "diversity":
+        contexts = [s.context_ids if isinstance(s, ContextResponse) else s[0] for s in samples]
+        return diversity(model, tokenizer, contexts, batch_size=batch_size, **options)
+    raise ValueError(f"unknown merge metric {mode!r}; valid: {', '.join(MERGE_METRICS)}")
