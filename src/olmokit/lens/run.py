@@ -104,10 +104,13 @@ def run_lens(
     for name, job in zip(config.job_names(), config.jobs):
         json_name = f"{name}.json"
         if run.resumed and run.exists(json_name):
-            result = run.read_json(json_name)
+            result = run.read_json(json_name)  # completed before the run was interrupted
         else:
             result = run_job(hooked, job, run, name)
             run.write_json(json_name, result)
+            if log is not None:
+                for f in [*result["files"], json_name]:
+                    log(f"wrote {run.path / f}")
         entries.append(
             {
                 "name": name,
@@ -117,9 +120,6 @@ def run_lens(
                 "headline": result["headline"],
             }
         )
-        if log is not None:
-            for f in [*result["files"], json_name]:
-                log(f"wrote {run.path / f}")
     summary = {"model": config.model.name, "cfg": hooked.cfg, "jobs": entries}
     run.write_json(SUMMARY_FILE, summary)
     return run
@@ -253,6 +253,8 @@ def _attribution(model: HookedOlmo, job: AttributionJob, run: RunDir, name: str)
     logits = model(tokens)
     answer = _single_token(model, job.answer, int(logits[0, -1].argmax()), "attribution answer")
     wrong = None if job.wrong is None else _single_token(model, job.wrong, -1, "attribution wrong")
+    if wrong == answer:
+        raise ConfigError("attribution: answer and wrong are the same token; their difference is 0")
     result = direct_logit_attribution(model, tokens, answer, wrong)
     values = result.values[:, 0]
     a = model.adapter
