@@ -7,6 +7,7 @@ import torch
 from common import family_params, random_tokens
 from eval_reference import BigramLM, greedy64, probs_table
 
+from olmokit.errors import DataError
 from olmokit.eval import greedy_generate
 
 #: p_max per step, float32 softmax after batched cached steps vs float64 softmax of a fresh full
@@ -73,7 +74,7 @@ def test_known_chain_on_a_bigram_model():
 
 
 def test_empty_prompt_and_zero_steps(tiny_model):
-    with pytest.raises(ValueError, match="empty prompt"):
+    with pytest.raises(DataError, match="prompt 1 is empty"):
         greedy_generate(tiny_model, [[5], []], 3)
     assert greedy_generate(tiny_model, [[5, 6]], 0).tokens == [[]]
 

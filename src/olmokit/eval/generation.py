@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..data.collate import PaddingCollator
 from ..data.formatting import record_segments
 from ..data.tasks import MultipleChoiceExample
+from ..errors import DataError
 from .modes import eval_mode, model_device
 from .nll import log_probs
 
@@ -54,15 +55,16 @@ def greedy_generate(
     A row ends at the first token in ``stop_ids`` (not returned); with no ``stop_ids`` every row
     runs ``max_new_tokens`` steps. Rows that ended keep decoding until the batch does (their extra
     tokens are dropped), so the batch never has to be reshaped. Ties go to the lowest token id
-    (``torch.argmax``). Runs in eval mode; empty prompts are an error (nothing to condition on).
+    (``torch.argmax``). Runs in eval mode; an empty prompt is a :class:`DataError`.
     """
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("greedy_generate: empty prompt")
+    empty = [i for i, p in enumerate(prompts) if len(p) == 0]
+    if empty:
+        raise DataError(f"greedy_generate: prompt {empty[0]} is empty (nothing to condition on)")
     n = len(prompts)
     out = GreedyOutput([[] for _ in range(n)], [[] for _ in range(n)], [False] * n)
     if n == 0 or max_new_tokens <= 0:
         return out
-    stop = torch.as_tensor(sorted(set(stop_ids)), dtype=torch.long)
+    stop = {int(t) for t in stop_ids}
     device = model_device(model)
     pad = pad_token_id if pad_token_id is not None else 0  # any id: padding is masked out
     batch = PaddingCollator(pad, padding_side="left")([{"input_ids": p} for p in prompts])
@@ -79,7 +81,7 @@ def greedy_generate(
             token, p_max = best.indices.cpu(), best.values.exp().cpu()
             for i in live.nonzero().flatten().tolist():
                 out.max_probs[i].append(float(p_max[i]))
-                if stop.numel() and bool((stop == token[i]).any()):
+                if int(token[i]) in stop:
                     out.stopped[i] = True
                     live[i] = False
                 else:
