@@ -43,6 +43,13 @@ def test_masking_by_hand():
         mean_nll(logits, torch.full((1, 4), IGNORE_INDEX))
 
 
+def test_masked_positions_cannot_poison_the_sum():
+    """A masked slot whose (clamped) target has probability 0 gives 0, not -inf * 0 = NaN."""
+    logits = torch.tensor([[[float("-inf"), 0.0], [float("-inf"), 0.0]]])
+    labels = torch.tensor([[1, IGNORE_INDEX]])
+    assert token_logprobs(logits, labels).tolist() == [[0.0, 0.0]]
+
+
 def test_token_logprobs_aligned_and_dtype():
     logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(3.0), 0.0]]], dtype=torch.bfloat16)
     lp = token_logprobs(logits, torch.tensor([[1, IGNORE_INDEX]]))

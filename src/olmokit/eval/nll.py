@@ -49,7 +49,9 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """
     keep = targets != IGNORE_INDEX
     picked = log_probs(logits).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return picked * keep
+    # where, not a product: a masked slot may hold -inf (a token the model rules out), and
+    # -inf * 0 is NaN
+    return torch.where(keep, picked, 0.0)
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
