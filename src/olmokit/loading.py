@@ -287,6 +287,10 @@ def load_model(
     return model.eval()
 
 
+#: Files one of which a local tokenizer directory must hold.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def load_tokenizer(
     name_or_path: str | os.PathLike[str] | None = None,
     *,
@@ -307,6 +311,13 @@ def load_tokenizer(
         source = _Source(name, str(shipped_path(DEFAULT_MODEL)), local=True, entry=source.entry)
     if source.local:
         _check_local_config(source.location)
+        if not any((Path(source.location) / f).is_file() for f in _TOKENIZER_FILES):
+            # transformers would build an empty tokenizer from the config alone (len 2, encodes
+            # every text to nothing) instead of failing
+            raise CheckpointError(
+                f"{source.location}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}); pass the "
+                "directory the tokenizer was saved to (tokenizer.save_pretrained)"
+            )
     try:
         tok = AutoTokenizer.from_pretrained(
             source.location, revision=revision, trust_remote_code=trust_remote_code
