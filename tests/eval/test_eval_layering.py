@@ -40,3 +40,32 @@ def test_the_pattern_catches_calls_not_names(tmp_path):
         "# log_softmax(x) in a comment\n"
     )
     assert [line.split(":")[1] for line in offenders(tmp_path)] == ["1", "2", "3"]
+
+
+def _olmokit_imports(path: Path) -> set[str]:
+    """The olmokit modules ``path`` imports (relative imports resolved), lazy ones included."""
+    import ast
+
+    package = "olmokit." + ".".join(path.relative_to(SRC).parent.parts)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = (
+                package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                if node.level
+                else []
+            )
+            name = ".".join(base + ([node.module] if node.module else []))
+            found.add(name)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {n for n in found if n.startswith("olmokit")}
+
+
+def test_eval_sits_below_the_tools():
+    """eval is a shared layer: it may use data/ and errors, never a tool, the CLI or the zoo (so the
+    lens, JoLA, merge and the zoo build can all import it without a cycle)."""
+    allowed = ("olmokit.eval", "olmokit.data", "olmokit.errors")
+    for path in sorted((SRC / "eval").glob("*.py")):
+        bad = sorted(m for m in _olmokit_imports(path) if not m.startswith(allowed))
+        assert bad == [], f"{path.name} imports {bad}"
