@@ -134,3 +134,12 @@ def test_config_differences_handles_nested_additions():
         "a.c: not in the saved config, now 2"
     ]
     assert json_safe({"x": (1, float("nan"))}) == {"x": [1, None]}
+
+
+def test_config_differences_names_the_field_inside_a_list_of_sections():
+    saved = {"jobs": [{"kind": "a", "seq_len": 8}, {"kind": "b"}], "layers": [0, 1]}
+    now = {"jobs": [{"kind": "a", "seq_len": 16}, {"kind": "b"}], "layers": [0, 2]}
+    assert config_differences(saved, now) == [
+        "jobs.0.seq_len: saved 8, now 16",
+        "layers: saved [0, 1], now [0, 2]",
+    ]

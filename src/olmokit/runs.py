@@ -72,12 +72,20 @@ def json_safe(value: Any) -> Any:
 
 
 def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values), for comparing two configs key by key."""
+    """``{"a": {"b": 1}, "jobs": [{"n": 2}]}`` -> ``{"a.b": 1, "jobs.0.n": 2}``, for comparing two
+    configs key by key. Lists of sections (a lens config's jobs) are indexed so a difference names the
+    one field that changed; lists of plain values stay one value."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             out.update(flatten_config(value, f"{dotted}."))
+        elif (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, Mapping) for v in value)
+        ):
+            out.update(flatten_config({str(i): v for i, v in enumerate(value)}, f"{dotted}."))
         else:
             out[dotted] = value
     return out
