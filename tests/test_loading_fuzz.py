@@ -64,7 +64,7 @@ _names = (
 )
 
 
-@fuzz(400)
+@fuzz(600)
 @given(name=_names)
 def test_any_name_is_refused_with_one_clear_message(guard, name):
     assume(name and not is_zoo_name(name))
@@ -152,7 +152,7 @@ _bodies = (
 )
 
 
-@fuzz(350)
+@fuzz(500)
 @given(body=_bodies, loader=st.sampled_from([load_model, load_tokenizer]))
 def test_a_broken_local_config_names_the_directory(guard, body, loader):
     with tempfile.TemporaryDirectory() as tmp:
