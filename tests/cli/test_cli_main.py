@@ -83,6 +83,30 @@ def test_zoo_generate_greedy_is_deterministic(capsys):
     assert capsys.readouterr().out == first and first.startswith("def ")
 
 
+def test_zoo_generate_refuses_an_empty_prompt_before_loading(capsys, monkeypatch):
+    import olmokit.loading
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded for an empty prompt")
+
+    monkeypatch.setattr(olmokit.loading, "load_model", no_load)
+    assert main(["zoo", "generate", "--model", "olmo2-tiny-random", "--prompt", ""]) == 2
+    assert capsys.readouterr().err == (
+        "olmokit: error: --prompt is empty; give the text the model should read\n"
+    )
+
+
+def test_require_prompt_keeps_whitespace():
+    from olmokit.cli.common import require_prompt
+    from olmokit.errors import ConfigError
+
+    assert require_prompt("\n    ") == "\n    "  # an indent is a meaningful start for code
+    with pytest.raises(ConfigError, match="--text is empty"):
+        require_prompt("", option="--text")
+    with pytest.raises(ConfigError, match="--prompt is empty"):
+        require_prompt(None)
+
+
 def test_console_script_is_installed():
     import shutil
     import subprocess
