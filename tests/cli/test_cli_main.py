@@ -29,6 +29,14 @@ def test_help_on_every_level(capsys):
         assert "usage: olmokit" in capsys.readouterr().out
 
 
+def test_zoo_build_help_lists_the_config_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["zoo", "build", "--help"])
+    out = capsys.readouterr().out
+    assert "  steps (default 1000): optimizer steps\n" in out
+    assert "  model_type (default 'olmo2'): olmo, olmo2 or olmo3\n" in out
+
+
 def test_every_command_module_registers():
     assert len(COMMAND_MODULES) == len(set(COMMAND_MODULES))
 

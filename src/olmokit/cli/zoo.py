@@ -25,10 +25,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_generate)
 
+    from ..zoo.build.config import ZooBuildConfig
+
     p = verbs.add_parser(
         "build",
         help="rebuild a zoo model from CPython's own text (corpus, tokenizer, pretraining, card)",
         description="Reproduce the shipped model. Killed builds resume from --work-dir.",
+        epilog="config keys (in --config YAML or as key=value):\n" + ZooBuildConfig.help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=None, help="YAML with ZooBuildConfig keys")
     p.add_argument("--out", default=None, help="output model directory (default zoo-build/<name>)")
