@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from olmokit.config import read_yaml
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 #: configs/<tool>/ -> the config class its files must validate against
@@ -34,4 +36,18 @@ def test_every_config_directory_has_a_class():
 )
 def test_config_file_validates(path):
     cfg = _config_class(path.parent.name).from_yaml(path)
-    assert cfg.as_dict()
+    dumped = cfg.as_dict()
+    _assert_subset(read_yaml(path), dumped, str(path))  # every value in the file is what is used
+    assert type(cfg).from_dict(dumped) == cfg  # and the dump (a run's config.yaml) reloads equal
+
+
+def _assert_subset(written, used, where):
+    if isinstance(written, dict):
+        for key, value in written.items():
+            _assert_subset(value, used[key], f"{where}:{key}")
+    elif isinstance(written, list):
+        assert len(written) == len(used), where
+        for i, (w, u) in enumerate(zip(written, used)):
+            _assert_subset(w, u, f"{where}[{i}]")
+    else:
+        assert written == used, where

@@ -23,7 +23,11 @@ def test_source_files_exclude_tests_and_site_packages():
 
 
 def test_split_is_a_fixed_function_of_the_source():
-    assert is_held_out("file:json/decoder.py") == is_held_out("file:json/decoder.py")
+    # sha1 of the key, first 4 bytes big-endian, mod 10: fixed on every platform and Python
+    held = [
+        k for k in [f"file:{i}.py" for i in range(13)] + ["file:json/decoder.py"] if is_held_out(k)
+    ]
+    assert held == ["file:0.py", "file:4.py"]
     flags = [is_held_out(f"file:{i}.py") for i in range(2000)]
     assert 0.07 < sum(flags) / len(flags) < 0.13
 

@@ -12,7 +12,8 @@ def task():
 
 
 def test_sizes_and_choices(task):
-    assert len(task.train) >= 400 and len(task.heldout) >= 200
+    # train is capped at n_train=400; the held-out pool depends on the CPython (232 on 3.11)
+    assert len(task.train) == 400 and 200 <= len(task.heldout) <= 300
     for ex in task.train[:50] + task.heldout[:50]:
         assert len(ex.choices) == 4 and len(set(ex.choices)) == 4
         assert ex.answer_text in ex.prompt and all(c in ex.prompt for c in ex.choices)
