@@ -91,16 +91,51 @@ def test_attach_identity_freeze_and_remove(zoo_model):
     assert torch.equal(model(IDS).logits, want)
 
 
-def test_post_hook_and_errors():
+class Shift(nn.Module):
+    """Adds a learned vector to the residual stream (zero at initialisation)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x):
+        return x + self.shift.to(x.dtype)
+
+
+def test_layer_hooks_act_where_they_sit():
+    """Before layer 1 (pre-hook) and after layer 0 (post-hook) are the same point of the residual
+    stream: the same shift there gives bit-identical logits; zero shift is the identity."""
+    shift = None
+    logits = {}
+    for hook, layer in (("pre", 1), ("post", 0)):
+        model = random_model("olmo2", "tiny", seed=0)
+        a = get_adapter(model)
+        want = model(IDS).logits
+        inj = Injection(model, "mem")
+        added = inj.add(
+            layer_site(model, layer, "layer", owner="layer"), Shift(a.hidden_size), hook=hook
+        )
+        assert torch.equal(model(IDS).logits, want)
+        shift = torch.linspace(-1, 1, a.hidden_size) if shift is None else shift
+        with torch.no_grad():
+            added.shift.copy_(shift)
+        logits[hook] = model(IDS).logits
+        assert (logits[hook] - want).abs().max() > 1e-3
+    assert torch.equal(logits["pre"], logits["post"])
+
+
+def test_post_hook_on_tuple_output_and_errors():
     model = random_model("olmo2", "tiny", seed=0)
     want = model(IDS).logits
     inj = Injection(model, "post")
     inj.add(layer_site(model, 1, "attn", owner="layer"), nn.Identity(), hook="post")
-    assert torch.equal(model(IDS).logits, want)
+    assert torch.equal(model(IDS).logits, want)  # attention returns (output, weights)
     with pytest.raises(ConfigError, match="already attached"):
         Injection(model, "post")
     with pytest.raises(ConfigError, match="already has a module"):
         inj.add(layer_site(model, 1, "attn", owner="layer"), nn.Identity())
+    with pytest.raises(ConfigError, match="hook 'mid' not in pre, post"):
+        inj.add(layer_site(model, 0, "attn", owner="layer"), nn.Identity(), hook="mid")
     with pytest.raises(ConfigError, match=r"out of range.*valid: 0\.\.1"):
         layer_site(model, 5, "o_proj")
     with pytest.raises(ConfigError, match="no 'nope' attached .*post"):

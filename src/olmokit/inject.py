@@ -46,7 +46,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from . import __version__
 from .errors import CheckpointError, ConfigError, OlmokitError
-from .family import get_adapter
+from .family import FamilyAdapter, get_adapter
 from .files import atomic_save_safetensors, atomic_write_json, load_safetensors
 
 __all__ = [
@@ -110,19 +110,22 @@ def layer_site(model: nn.Module, layer: int, target: str, owner: str = "attn") -
     return Site(f"layers.{i}", adapter.module_path(i, owner), adapter.module_path(i, target))
 
 
-#: ``rewrite(added, args) -> new args or None`` for a pre-hook; ``rewrite(added, args, output) ->
-#: new output or None`` for a post-hook.
+#: ``rewrite(added, args, kwargs) -> (args, kwargs) or None`` for a pre-hook;
+#: ``rewrite(added, args, kwargs, output) -> new output or None`` for a post-hook.
 Rewrite = Callable[..., Any]
 
 
-def _apply_to_first_arg(added: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (added(args[0]), *args[1:])
+def _apply_to_input(added: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Replace the hooked module's hidden-state input ``x`` (positional or named) by ``added(x)``."""
+    x = FamilyAdapter.module_input(args, kwargs)
+    return FamilyAdapter.replace_module_input(args, kwargs, added(x))
 
 
-def _apply_to_output(added: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-    if isinstance(output, tuple):
-        return (added(output[0]), *output[1:])
-    return added(output)
+def _apply_to_output(
+    added: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> Any:
+    """Replace the hooked module's hidden-state output ``y`` (bare or first of a tuple) by ``added(y)``."""
+    return FamilyAdapter.replace_module_output(output, added(FamilyAdapter.module_output(output)))
 
 
 class Injection:
@@ -156,10 +159,11 @@ class Injection:
     ) -> nn.Module:
         """Register ``module`` at ``site`` and hook it in.
 
-        ``hook="pre"`` runs before the target's forward (default ``rewrite``: replace the first
-        positional input ``x`` by ``module(x)``); ``hook="post"`` runs after it (default: replace the
-        output, or its first element when it is a tuple, by ``module(output)``). The new module takes
-        the owner's train/eval mode.
+        ``hook="pre"`` runs before the target's forward (default ``rewrite``: replace its hidden-state
+        input ``x``, positional or named, by ``module(x)``); ``hook="post"`` runs after it (default:
+        replace the hidden-state output — the output, or its first element for a tuple — by
+        ``module(output)``). Call conventions come from the family adapter. The new module takes the
+        owner's train/eval mode.
         """
         if site.key in self.modules:
             raise ConfigError(f"{self.name}: site {site.key!r} already has a module")
@@ -169,19 +173,21 @@ class Injection:
         module.train(owner.training)
         owner.add_module(self.name, module)
         if hook == "pre":
-            fn = rewrite or _apply_to_first_arg
+            fn = rewrite or _apply_to_input
 
-            def pre(_mod: nn.Module, args: tuple[Any, ...]) -> Any:
-                return fn(module, args) if self.enabled else None
+            def pre(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                return fn(module, args, kwargs) if self.enabled else None
 
-            handle = target.register_forward_pre_hook(pre)
+            handle = target.register_forward_pre_hook(pre, with_kwargs=True)
         elif hook == "post":
             fn = rewrite or _apply_to_output
 
-            def post(_mod: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-                return fn(module, args, output) if self.enabled else None
+            def post(
+                _mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+            ) -> Any:
+                return fn(module, args, kwargs, output) if self.enabled else None
 
-            handle = target.register_forward_hook(post)
+            handle = target.register_forward_hook(post, with_kwargs=True)
         else:
             raise ConfigError(f"hook {hook!r} not in pre, post")
         self.modules[site.key] = module
