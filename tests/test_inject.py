@@ -27,6 +27,7 @@ from olmokit.inject import (
     get_injection,
     has_injection,
     layer_site,
+    load_adapter,
     read_adapter,
     save_adapter,
     training_arguments,
@@ -168,7 +169,9 @@ def test_save_load_round_trip_bit_exact(zoo_model, tmp_path):
     fresh = load_model(ZOO[model_type])
     check_base(fp, fresh, "adapter")  # same base: silent
     inj2 = _attach(fresh)
-    inj2.load_state_dict(tensors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_adapter(inj2, tmp_path, FMT)["layers"] == [0, -1]
     assert all(torch.equal(inj2.state_dict()[k], v) for k, v in inj.state_dict().items())
     assert torch.equal(fresh(IDS).logits, want)
 
@@ -213,6 +216,12 @@ def test_different_base_refused_naming_the_difference(tmp_path):
 def test_adapter_files_refused(tmp_path):
     model = random_model("olmo2", "tiny", seed=0)
     inj = _attach(model)
+    save_adapter(tmp_path / "ok", FMT, inj.state_dict(), model)
+    other = random_model("olmo2", "tiny", seed=0, num_hidden_layers=3)
+    with pytest.raises(
+        CheckpointError, match=r"olmokit-test adapter .* \(num_layers: adapter 2 vs model 3\)"
+    ):
+        load_adapter(_attach(other), tmp_path / "ok", FMT)
     with pytest.raises(CheckpointError, match="not a olmokit-test adapter"):
         read_adapter(tmp_path, FMT)
     with torch.no_grad():

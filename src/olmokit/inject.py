@@ -9,7 +9,8 @@ one shape, so it lives here once:
   :class:`~olmokit.family.FamilyAdapter`, never from hard-coded HF attribute names. The model stays an
   instance of its HF class; :meth:`Injection.remove` leaves the plain model behind.
 * **freeze** — :func:`freeze_base`: only the added parameters train.
-* **save / load only the added tensors** — :func:`save_adapter` / :func:`read_adapter` write
+* **save / load only the added tensors** — :func:`save_adapter` / :func:`read_adapter` /
+  :func:`load_adapter` write
   safetensors plus a JSON config (format name + version, written last and atomically, so its presence
   means "complete"), with a **base fingerprint** (:func:`base_fingerprint`): family and sizes, every
   base tensor's name and shape, and a short hash of a few deterministic weight slices.
@@ -63,6 +64,7 @@ __all__ = [
     "has_injection",
     "injections",
     "layer_site",
+    "load_adapter",
     "read_adapter",
     "save_adapter",
     "training_arguments",
@@ -504,6 +506,22 @@ def read_adapter(
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise CheckpointError(f"{w_path}: unreadable safetensors file ({exc})") from None
     return meta, tensors
+
+
+def load_adapter(
+    injection: Injection,
+    adapter_dir: str | os.PathLike[str],
+    fmt: AdapterFormat,
+    *,
+    strict_weights: bool = False,
+) -> dict[str, Any]:
+    """Read an adapter, check its base fingerprint against ``injection.model`` and copy its tensors
+    into ``injection`` exactly. Returns the adapter's JSON config."""
+    meta, tensors = read_adapter(adapter_dir, fmt)
+    where = f"{fmt.title} adapter {adapter_dir}"
+    check_base(meta.get("base_model", {}), injection.model, where, strict_weights=strict_weights)
+    injection.load_state_dict(tensors, where=where)
+    return meta
 
 
 # ============================================================================ training arguments
