@@ -58,6 +58,25 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def start():
+    """Start a training subprocess; any still running at teardown (a failed test) is killed."""
+    procs: list[subprocess.Popen] = []
+
+    def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        procs.append(proc)
+        return proc
+
+    yield _start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def _wait(proc: subprocess.Popen, what: str) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, f"{what} failed:\n{err[-3000:]}"
@@ -70,14 +89,12 @@ def config(tmp_path) -> Path:
     return p
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path, config):
+def test_sigkill_then_resume_is_bit_identical(tmp_path, config, start):
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
     # the uninterrupted reference and the run to be killed, side by side
-    ref = subprocess.Popen(_cmd(config, ref_dir), env=_env(), text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    ref = start(_cmd(config, ref_dir), _env())
     # this one sleeps after optimizer step 3, i.e. after checkpoint-2 and before checkpoint-4
-    victim = subprocess.Popen(_cmd(config, run_dir), env=_env(**{HANG_ENV: "3"}), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    victim = start(_cmd(config, run_dir), _env(**{HANG_ENV: "3"}))
     done = run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json"
     deadline = time.monotonic() + 120
     while not done.is_file():
@@ -92,8 +109,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, config):
         and not (run_dir / "checkpoints" / "checkpoint-4").exists()
     )
 
-    resumed = subprocess.Popen(_cmd(config, run_dir, "--resume"), env=_env(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    resumed = start(_cmd(config, run_dir, "--resume"), _env())
     _wait(ref, "reference run")
     _wait(resumed, "resumed run")
 
