@@ -1,5 +1,6 @@
 """Gate scheduler values (stepped on optimizer steps)."""
 
+import json
 import math
 
 import pytest
@@ -51,3 +52,23 @@ def test_constant_and_unknown():
     assert make_scheduler("constant").set_step(99) == 1.0
     with pytest.raises(ConfigError, match="expon, linear, cyclic, perform, constant"):
         make_scheduler("weekly")
+
+
+@pytest.mark.parametrize("name", ["expon", "linear", "cyclic", "perform", "constant"])
+def test_state_round_trip(name):
+    """What a checkpoint stores lets a fresh scheduler continue exactly (resumed runs)."""
+    s = make_scheduler(name, 40)
+    for step, loss in ((3, 2.0), (6, 1.5), (9, 1.7)):
+        s.set_step(step)
+        s.on_evaluate(loss)
+    fresh = make_scheduler(name)
+    fresh.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert (fresh.step, fresh.total_steps, fresh.value) == (9, 40, s.value)
+    for step, loss in ((12, 1.2), (15, 1.3)):
+        s.set_step(step)
+        s.on_evaluate(loss)
+        fresh.set_step(step)
+        fresh.on_evaluate(loss)
+        assert fresh.value == s.value
+    with pytest.raises(ConfigError, match=f"checkpoint has gate scheduler '{name}'"):
+        make_scheduler("expon" if name != "expon" else "linear").load_state_dict(s.state_dict())

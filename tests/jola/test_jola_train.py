@@ -8,6 +8,7 @@ from transformers import TrainerCallback
 
 from olmokit.data.readers import Record
 from olmokit.errors import DataError
+from olmokit.files import load_safetensors
 from olmokit.jola import (
     JoLASettings,
     JoLATrainer,
@@ -213,3 +214,22 @@ def test_seed_style_scheduler_argument(zoo_tokenizer):
     assert tr.gate_scheduler.name == "expon" and tr.jola_settings.gate_lambda == 4e-5
     tr = JoLATrainer(model=m, jola_settings=JoLASettings(gate_scheduler="perform", gate_lambda=0.2))
     assert tr.gate_scheduler.name == "perform" and tr.jola_settings.gate_lambda == 0.2
+
+
+def test_checkpoints_hold_the_adapter_and_jola_state_only(tmp_path, zoo_tokenizer):
+    tr = _trainer(tmp_path, zoo_tokenizer, max_steps=4, save_steps=2, save_total_limit=1)
+    tr.train()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4"]  # save_total_limit
+    ckpt = tmp_path / "checkpoint-4"
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"jola_adapter.safetensors", "jola_config.json", "optimizer.pt", "scheduler.pt"} <= names
+    assert {"rng_state.pth", "trainer_state.json", "jola_trainer_state.json"} <= names
+    assert not any(n.startswith("model") for n in names)  # never the base weights
+    state = json.loads((ckpt / "jola_trainer_state.json").read_text())
+    assert state["scheduler"] == {"name": "expon", "step": 4, "total_steps": 4}
+    # step 4 was the last evaluation, so the checkpoint's best is the run's best, and its tensors are
+    # the adapter restored at the end
+    assert state["best"] == tr.best and state["bad_evals"] == tr._bad_evals
+    best = load_safetensors(ckpt / "jola_best.safetensors")
+    final = jola_state_dict(tr.model)
+    assert set(best) == set(final) and all(torch.equal(best[k], final[k]) for k in final)
