@@ -73,7 +73,7 @@ def test_shortcut_refuses_to_overwrite_then_overwrites(tmp_path, capsys):
     assert result.stat().st_mtime_ns == before
     assert main([*args, "--seq-len", "5", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "cannot resume" in err and "'seq_len': 4" in err and "'seq_len': 5" in err
+    assert "cannot resume" in err and "jobs.0.seq_len: saved 4, now 5" in err
     assert main([*args, "--seq-len", "5", "--overwrite"]) == 0
     assert json.loads(result.read_text())["seq_len"] == 5
 
