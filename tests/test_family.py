@@ -36,7 +36,8 @@ def test_every_listed_module_exists(tiny_model, model_type):
             assert a.k_norm(i).weight.shape == (a.num_kv_heads * a.head_dim,)
     assert isinstance(a.embed_tokens(), nn.Embedding)
     assert isinstance(a.lm_head(), nn.Linear)
-    assert a.final_norm() is not None and a.rotary_emb() is not None
+    assert a.final_norm() is tiny_model.get_submodule("model.norm")
+    assert a.rotary_emb() is tiny_model.get_submodule("model.rotary_emb")
 
 
 def test_head_layout_under_gqa(tiny_model):
