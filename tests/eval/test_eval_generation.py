@@ -83,3 +83,17 @@ def test_restores_training_mode(tiny_model):
     tiny_model.train()
     greedy_generate(tiny_model, [[5, 6]], 2)
     assert tiny_model.training
+
+
+def test_sample_text_at_temperature_zero_is_the_greedy_continuation():
+    """``olmokit zoo generate --temperature 0`` decodes exactly what the scorers' greedy loop does."""
+    from olmokit.eval import sample_text
+    from olmokit.loading import load_model, load_tokenizer
+
+    model, tok = load_model("olmo2-stdlib"), load_tokenizer("olmo2-stdlib")
+    prompt = "def read_file(path):\n    "
+    text = sample_text(model, tok, prompt, max_new_tokens=8, temperature=0.0)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    greedy = greedy_generate(model, [ids], max_new_tokens=8, stop_ids=[tok.eos_token_id])
+    assert text == tok.decode(greedy.tokens[0], skip_special_tokens=True)
+    assert text  # the trained model continues code, it does not stop at once

@@ -20,7 +20,14 @@ Every scorer is checked against a slow float64 per-position loop in ``tests/eval
 
 from .choices import choice_logprobs, mc_accuracy
 from .examples import evaluate_examples
-from .generation import GreedyOutput, exact_match, greedy_generate, prompt_text, stop_token_ids
+from .generation import (
+    GreedyOutput,
+    exact_match,
+    greedy_generate,
+    prompt_text,
+    sample_text,
+    stop_token_ids,
+)
 from .merge_metrics import (
     DIVERSITY_SCALE,
     MERGE_METRICS,
@@ -71,6 +78,7 @@ __all__ = [  # sorted, as ruff's RUF022 orders it
     "model_device",
     "prompt_text",
     "response_nll",
+    "sample_text",
     "script_of",
     "scripts_in",
     "sequence_nll",

@@ -25,7 +25,14 @@ from ..errors import DataError
 from .modes import eval_mode, model_device
 from .nll import log_probs
 
-__all__ = ["GreedyOutput", "greedy_generate", "stop_token_ids", "prompt_text", "exact_match"]
+__all__ = [
+    "GreedyOutput",
+    "greedy_generate",
+    "stop_token_ids",
+    "prompt_text",
+    "exact_match",
+    "sample_text",
+]
 
 
 @dataclass
@@ -152,3 +159,41 @@ def exact_match(
         outputs += [tokenizer.decode(t, skip_special_tokens=True).strip() for t in gen.tokens]
     hits = [int(o == ex.answer_text.strip()) for o, ex in zip(outputs, examples)]
     return {"em": sum(hits) / max(1, len(hits)), "n": len(hits), "outputs": outputs}
+
+
+def sample_text(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    top_k: int = 40,
+    seed: int = 0,
+    chat: bool = False,
+) -> str:
+    """Continue ``prompt`` (or answer it as a chat user turn with ``chat=True``); returns the new text.
+
+    Sampling (``temperature > 0``, top-k) for looking at a model's text, as ``olmokit zoo generate``
+    does; ``temperature=0`` is greedy. HF ``generate`` with the KV cache does the decoding; scorers use
+    :func:`greedy_generate` instead, which also records the chosen tokens' probabilities.
+    """
+    if chat:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = prompt
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model_device(model))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_k=top_k if temperature > 0 else None,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
