@@ -10,7 +10,14 @@ from typing import Any
 from ..errors import ConfigError
 from ..zoo.registry import DEFAULT_MODEL
 
-__all__ = ["add_model_args", "add_tool_parser", "print_table", "print_json", "require_prompt"]
+__all__ = [
+    "add_model_args",
+    "add_run_dir_args",
+    "add_tool_parser",
+    "print_table",
+    "print_json",
+    "require_prompt",
+]
 
 
 def require_prompt(prompt: str | None, option: str = "--prompt") -> str:
@@ -49,6 +56,21 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) ->
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+
+
+def add_run_dir_args(parser: argparse.ArgumentParser) -> None:
+    """``--resume`` / ``--overwrite``: the one contract of every tool that writes a run directory
+    (see :class:`olmokit.runs.RunDir`). Without either, an existing run is never touched."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the output directory (from its last checkpoint where the tool "
+        "has them); refused, naming the keys, if that run was made with another config",
+    )
+    mode.add_argument(
+        "--overwrite", action="store_true", help="replace what the output directory holds"
+    )
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli.common import add_tool_parser, print_json, print_table
+from ..cli.common import add_run_dir_args, add_tool_parser, print_json, print_table
 
 __all__ = ["register"]
 
@@ -30,15 +30,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", help="shortcut for model_config.pretrained_model_name_or_path")
     p.add_argument("--output-dir", help="shortcut for training_config.output_dir")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in the output directory from its last checkpoint (same config only)",
-    )
-    mode.add_argument(
-        "--overwrite", action="store_true", help="replace an existing run in the output directory"
-    )
+    add_run_dir_args(p)
     p.set_defaults(func=_train)
 
     p = verbs.add_parser("eval", help="held-out accuracy / exact match of the base and of adapters")

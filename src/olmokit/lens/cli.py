@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli.common import add_model_args, add_tool_parser, print_json, print_table
+from ..cli.common import add_model_args, add_run_dir_args, add_tool_parser, print_json, print_table
 from .config import DEFAULT_CLEAN, DEFAULT_CORRUPTED, DEFAULT_PROMPT, LensConfig
 
 if TYPE_CHECKING:
@@ -83,9 +83,7 @@ def _add_run_dir_args(p: argparse.ArgumentParser, default_out: str | None) -> No
         )
     else:
         p.add_argument("--out", default=default_out, help=f"run directory (default {default_out})")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue a run of the same config")
-    mode.add_argument("--overwrite", action="store_true", help="replace what the directory holds")
+    add_run_dir_args(p)
 
 
 def _run(args: argparse.Namespace, config: LensConfig) -> RunDir:
