@@ -58,3 +58,32 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         Outer.from_yaml(bad)
+
+
+def test_overrides_index_into_lists_of_sections():
+    from olmokit.config import apply_overrides
+
+    data = {"jobs": [{"kind": "a", "prompt": "x"}, {"kind": "b"}], "seeds": [1, 2]}
+    apply_overrides(data, ["jobs.1.prompt=def f", "jobs.0.kind=c", "seeds.1=7"])
+    assert data == {
+        "jobs": [{"kind": "c", "prompt": "x"}, {"kind": "b", "prompt": "def f"}],
+        "seeds": [1, 7],
+    }
+    with pytest.raises(ConfigError, match="index 2 is past the end of a 2-item list"):
+        apply_overrides(data, ["jobs.2.prompt=y"])
+    with pytest.raises(ConfigError, match="'first' must be a list index here"):
+        apply_overrides(data, ["jobs.first.prompt=y"])
+    with pytest.raises(ConfigError, match="'kind' is not a section"):
+        apply_overrides(data, ["jobs.0.kind.x=y"])
+
+
+def test_integers_beyond_64_bits_are_refused_naming_the_key():
+    class Cfg(OlmokitConfig):
+        steps: int = 1
+        sizes: list[int] = Field(default_factory=list)
+
+    assert Cfg.from_dict({"steps": 2**63 - 1}).steps == 2**63 - 1
+    with pytest.raises(ConfigError, match=r"steps: .*64 bits.*<an integer too long to print>"):
+        Cfg.from_dict({"steps": 10**4300}, source="x.yaml")
+    with pytest.raises(ConfigError, match=r"sizes: .*64 bits"):
+        Cfg.from_dict({"sizes": [1, -(2**63) - 1]})

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .errors import ConfigError
 from .files import atomic_write_text, read_text
@@ -133,7 +133,11 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a nested dict, in place."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a nested dict, in place.
+
+    A number indexes into an existing list of sections, so ``jobs.0.prompt=x`` edits the first of a
+    lens config's jobs (an index past the end is an error naming the list's length).
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
@@ -142,14 +146,35 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         if not keys:
             raise ConfigError(f"override {item!r} has an empty key")
         value = parse_yaml(raw, f"override {_short_repr(item)}") if raw.strip() else None
-        node = data
+        node: Any = data
         for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {key!r} is not a section")
-            node = child
-        node[keys[-1]] = value
+            node = _override_child(node, key, item)
+        if isinstance(node, list):
+            node[_list_index(node, keys[-1], item)] = value
+        else:
+            node[keys[-1]] = value
     return data
+
+
+def _list_index(node: list[Any], key: str, item: str) -> int:
+    if not key.isdigit():
+        raise ConfigError(f"override {_short_repr(item)}: {key!r} must be a list index here")
+    if int(key) >= len(node):
+        raise ConfigError(
+            f"override {_short_repr(item)}: index {key} is past the end of a {len(node)}-item list"
+        )
+    return int(key)
+
+
+def _override_child(node: Any, key: str, item: str) -> Any:
+    """The section ``key`` below ``node`` (created when missing in a mapping; indexed in a list)."""
+    if isinstance(node, list):
+        child = node[_list_index(node, key, item)]
+    else:
+        child = node.setdefault(key, {})
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"override {_short_repr(item)}: {key!r} is not a section")
+    return child
 
 
 def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -179,6 +204,19 @@ def _field_by_name_or_alias(cls: type[BaseModel], key: str):
 
 def _valid_keys(cls: type[BaseModel]) -> list[str]:
     return sorted(field.alias or name for name, field in cls.model_fields.items())
+
+
+_INT64_LIMIT = 2**63
+
+
+def _has_huge_int(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return not -_INT64_LIMIT <= value < _INT64_LIMIT
+    if isinstance(value, Mapping):
+        return any(_has_huge_int(k) or _has_huge_int(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_has_huge_int(v) for v in value)
+    return False
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:
@@ -221,6 +259,17 @@ class OlmokitConfig(BaseModel):
         # float a config holds, nested ones (tuple[float, ...], dict[str, float], sub-configs) too.
         allow_inf_nan=False,
     )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_integers(cls, value: Any) -> Any:
+        """Refuse integers beyond 64 bits anywhere in a field: no setting needs one, and Python cannot
+        even print one past 4,300 digits, so the resolved config.yaml or a JSON report would crash."""
+        if _has_huge_int(value):
+            raise ValueError(
+                f"integers must fit in 64 bits (|x| < 2**63), got {_short_repr(value)}"
+            )
+        return value
 
     @classmethod
     def from_dict(
