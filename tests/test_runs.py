@@ -76,6 +76,8 @@ def test_resume_with_a_different_config_names_the_keys(tmp_path):
     RunDir.create(
         tmp_path / "r", _Cfg(out="elsewhere"), tool="test", resume=True, ignore_on_resume=["out"]
     )
+    with pytest.raises(ReportError, match=r"\(1 key differs: name: saved 'tiny', now 'x'\)"):
+        RunDir.create(tmp_path / "r", _Cfg(name="x"), tool="test", resume=True)
 
 
 def test_resume_on_an_empty_directory_starts_fresh(tmp_path):

@@ -229,7 +229,7 @@ class RunDir:
             if diffs:
                 raise ReportError(
                     f"cannot resume {root}: it was made with a different config "
-                    f"({len(diffs)} key{'s' if len(diffs) != 1 else ''} differ: {'; '.join(diffs)}). "
+                    f"({len(diffs)} {'keys differ' if len(diffs) != 1 else 'key differs'}: {'; '.join(diffs)}). "
                     "Resume with the saved config.yaml, or start a new run with --overwrite "
                     "or another output directory"
                 )
