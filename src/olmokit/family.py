@@ -19,8 +19,19 @@ attention                 full causal                  full causal              
                                                                                     layers (``layer_types``)
 ========================  ===========================  ===========================  ===========================
 
-The per-generation facts are data (:data:`FAMILIES`); :class:`FamilyAdapter` turns them into accessors for a
-loaded model and into *parameter units* derived from the model's real ``state_dict``.
+This module holds all of olmokit's knowledge of how HF ``transformers`` lays OLMo out, in three parts:
+
+* the per-generation facts, as data (:data:`FAMILIES`): module names, norm type and placement, q/k norm,
+  ``clip_qkv``, sliding windows, the HF config class, transformers versions known to compute a
+  generation wrongly;
+* :class:`FamilyAdapter`: accessors for a loaded model (layers, heads, norms, embeddings, projections)
+  and *parameter units* derived from the model's real ``state_dict``;
+* the HF runtime conventions that code hooking a running model needs (call/return shapes of modules,
+  the attention-function registry, the config fields that select the attention kernel), so that a
+  transformers upgrade is fixed here and nowhere else.
+
+``tests/test_family_boundary.py`` checks that no other module imports ``transformers.models.olmo*`` or
+names an OLMo submodule.
 """
 
 from __future__ import annotations
