@@ -227,17 +227,25 @@ def peak_memory(method: str, steps: int, bs: int, device: str) -> float:
 
 
 def loop_vs_vectorised(
-    heads: int = 32, head_dim: int = 64, tokens: int = 8 * 64, reps: int = 30, device: str = "cpu"
+    heads: int = 32,
+    head_dim: int = 64,
+    tokens: int = 8 * 64,
+    reps: int = 10,
+    rounds: int = 9,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """Forward+backward of the edit alone: reference per-head loop vs the single addcmul."""
+    """Forward+backward of the edit alone: reference per-head loop vs the single addcmul.
+
+    The two are timed in alternating rounds of ``reps`` calls and compared by their median round, so
+    a burst of load on a shared machine hits both alike (one long run of each gave 6x-21x for the
+    same code).
+    """
     edit = JoLAEdit(heads, head_dim, HardConcrete()).to(device)
     edit.reset_parameters(1e-3, "xavier")
     edit.train()
     z = torch.randn(tokens, heads * head_dim, device=device, requires_grad=True)
 
     def run(fn) -> float:
-        for _ in range(3):
-            fn(z).sum().backward()
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
@@ -245,7 +253,13 @@ def loop_vs_vectorised(
         _sync(device)
         return (time.perf_counter() - t0) / reps
 
-    loop_t, vec_t = run(edit.forward_loop), run(edit.forward)
+    for fn in (edit.forward_loop, edit.forward):  # warm-up
+        run(fn)
+    loops, vecs = [], []
+    for _ in range(rounds):
+        loops.append(run(edit.forward_loop))
+        vecs.append(run(edit.forward))
+    loop_t, vec_t = statistics.median(loops), statistics.median(vecs)
     return {
         "heads": heads,
         "head_dim": head_dim,
