@@ -15,7 +15,6 @@ import torch
 
 from olmokit.cli.main import main
 from olmokit.jola import read_adapter
-from olmokit.jola.run import HANG_ENV
 
 # Early stopping, the perform scheduler (which reacts to evaluations) and an evaluation at every
 # checkpoint: the JoLA trainer state beyond Trainer's own must survive the kill too.
@@ -46,8 +45,15 @@ data_config:
 """
 
 
-def _cmd(config: Path, out: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "olmokit.cli.main", "jola", "train", str(config),
+#: runs the CLI with every JoLA trainer sleeping after a given optimizer step (the victim's driver)
+HANG_DRIVER = Path(__file__).with_name("hang_after_step.py")
+
+
+def _cmd(config: Path, out: Path, *flags: str, hang_after: int | None = None) -> list[str]:
+    entry = (
+        ["-m", "olmokit.cli.main"] if hang_after is None else [str(HANG_DRIVER), str(hang_after)]
+    )
+    return [sys.executable, *entry, "jola", "train", str(config),
             f"training_config.output_dir={out}", "--no-eval", *flags]  # fmt: skip
 
 
@@ -94,7 +100,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, config, start):
     # the uninterrupted reference and the run to be killed, side by side
     ref = start(_cmd(config, ref_dir), _env())
     # this one sleeps after optimizer step 3, i.e. after checkpoint-2 and before checkpoint-4
-    victim = start(_cmd(config, run_dir), _env(**{HANG_ENV: "3"}))
+    victim = start(_cmd(config, run_dir, hang_after=3), _env())
     done = run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json"
     deadline = time.monotonic() + 120
     while not done.is_file():

@@ -20,10 +20,6 @@ def tokens() -> torch.Tensor:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and a second OpenMP thread spinning against other busy
-    processes made a 4-token forward ~80x slower on the shared CI box. Restored after each test."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Lens tests run single-threaded (see ``common.one_thread``)."""
     yield
-    torch.set_num_threads(n)

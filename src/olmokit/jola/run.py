@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
 from ..data.readers import Record, read_records
 from ..data.tasks import MultipleChoiceExample, get_task, mc_examples_from_records
@@ -51,8 +49,6 @@ __all__ = [
     "train_jola",
 ]
 
-#: Test hook: the process sleeps after this optimizer step, so a test can SIGKILL it at a known point.
-HANG_ENV = "OLMOKIT_TEST_HANG_AFTER_STEP"
 #: keys of the saved config that may change between a run and its resume
 IGNORE_ON_RESUME = ("training_config.output_dir", "training_config.disable_tqdm")
 
@@ -135,17 +131,6 @@ def compare_on(
         base.pop("acc", None)
         tuned.pop("acc", None)
     return {"base": base, "jola": tuned}
-
-
-class _HangAfterStep(TrainerCallback):
-    """See :data:`HANG_ENV` (used by the SIGKILL-resume test only)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            time.sleep(3600)
 
 
 def evaluate_adapters(
@@ -281,8 +266,6 @@ def _run(
         early_stopping_threshold=config.training.early_stopping_threshold,
     )
     trainer.last_good_dir = str(run.path / "last_good")
-    if os.environ.get(HANG_ENV):
-        trainer.add_callback(_HangAfterStep(int(os.environ[HANG_ENV])))
     checkpoint = run.last_checkpoint() if run.resumed else None
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     summary: dict[str, Any] = {
