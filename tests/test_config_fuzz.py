@@ -18,25 +18,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from fuzz_support import forbid_network, fuzz
+from hypothesis import given
 from hypothesis import strategies as st
-from offline_guard import forbid_network
 from pydantic import Field
 
 from olmokit.config import MAX_DEPTH, OlmokitConfig
 from olmokit.errors import ConfigError
 from olmokit.zoo.build import ZooBuildConfig
-
-
-def fuzz(max_examples: int) -> settings:
-    """Deterministic (CI-stable) runs; every input must be answered within a second."""
-    return settings(
-        max_examples=max_examples,
-        deadline=1000,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
 
 
 class Inner(OlmokitConfig):

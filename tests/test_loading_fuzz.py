@@ -3,7 +3,7 @@
 A model argument is an existing directory, a zoo name or a valid hub id; anything else is one
 ``CheckpointError`` that lists the zoo models. A local directory whose ``config.json`` is broken in any
 way is an olmokit error naming the directory. Every answer comes within a second and without the
-network (``offline_guard`` records any socket use).
+network (``fuzz_support.forbid_network`` records any socket use).
 """
 
 from __future__ import annotations
@@ -14,26 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from fuzz_support import forbid_network, fuzz
+from hypothesis import assume, given
 from hypothesis import strategies as st
-from offline_guard import forbid_network
 
 from olmokit.errors import CheckpointError, FamilyError, OlmokitError
 from olmokit.loading import _is_dir, _is_hub_id, load_model, load_tokenizer, save_model
 from olmokit.zoo.registry import ZOO, is_zoo_name
 
 ZOO_LIST = "zoo models: " + ", ".join(ZOO)
-
-
-def fuzz(max_examples: int) -> settings:
-    """Deterministic (CI-stable) runs; every input must be answered within a second."""
-    return settings(
-        max_examples=max_examples,
-        deadline=1000,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
 
 
 @pytest.fixture(scope="module")

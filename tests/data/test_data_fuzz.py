@@ -15,23 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzz_support import forbid_network, fuzz
+from hypothesis import given
 from hypothesis import strategies as st
-from offline_guard import forbid_network
 
 from olmokit.data.readers import read_records
 from olmokit.errors import DataError
-
-
-def fuzz(max_examples: int) -> settings:
-    """Deterministic (CI-stable) runs; every input must be answered within a second."""
-    return settings(
-        max_examples=max_examples,
-        deadline=1000,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
 
 
 @pytest.fixture

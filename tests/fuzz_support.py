@@ -1,4 +1,5 @@
-"""A no-network guard for the fuzz tests: olmokit must reject bad input before any download.
+"""Shared by the fuzz tests: deterministic hypothesis settings, and a no-network guard (olmokit must
+reject bad input before any download).
 
 Offline mode is switched on (``HF_HUB_OFFLINE`` and huggingface_hub's cached constant) and every socket
 connection or DNS lookup is *recorded and refused*. Recording matters: an HTTP client would wrap the
@@ -12,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 
 @dataclass
@@ -37,3 +39,14 @@ def forbid_network(monkeypatch: pytest.MonkeyPatch) -> NetworkGuard:
     monkeypatch.setattr(socket, "create_connection", guard.refuse("create_connection"))
     monkeypatch.setattr(socket, "getaddrinfo", guard.refuse("getaddrinfo"))
     return guard
+
+
+def fuzz(max_examples: int) -> settings:
+    """Deterministic (CI-stable) runs; every input must be answered within a second."""
+    return settings(
+        max_examples=max_examples,
+        deadline=1000,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
