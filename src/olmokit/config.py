@@ -241,7 +241,9 @@ def _format_validation_error(cls: type[BaseModel], exc: ValidationError, source:
             valid = ", ".join(_valid_keys(owner)) if owner else "?"
             lines.append(f"unknown key '{where}'; valid keys here: {valid}")
         else:
-            lines.append(f"{where}: {err.get('msg')} (got {_short_repr(err.get('input'))})")
+            # pydantic prefixes a validator's own message with "Value error, ": drop the jargon
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            lines.append(f"{where}: {msg} (got {_short_repr(err.get('input'))})")
     prefix = f"{source}: " if source else ""
     return prefix + "invalid config: " + "; ".join(lines)
 

@@ -66,7 +66,7 @@ def test_unknown_model_key_lists_the_model_keys():
 def test_empty_prompt_is_a_config_error(job, field):
     with pytest.raises(ConfigError) as exc:
         _one(job)
-    assert f"jobs.0.{job['kind']}.{field}: Value error, is empty" in str(exc.value)
+    assert f"jobs.0.{job['kind']}.{field}: is empty; give the text" in str(exc.value)
 
 
 def test_whitespace_prompt_is_allowed():
