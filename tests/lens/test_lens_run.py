@@ -33,7 +33,15 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def tiny_run(tmp_path_factory):
     config = LensConfig.from_yaml(TINY, [f"output_dir={tmp_path_factory.mktemp('lens') / 'run'}"])
     model = load_hooked(config.model)
-    run = run_lens(config, model=model)
+    # the same single thread as the tests' direct calls (the autouse one_thread fixture is function
+    # scoped and not yet active here): the JSON is compared with them bit for bit, and a different
+    # intra-op thread count changes float32 reductions in the last bits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = run_lens(config, model=model)
+    finally:
+        torch.set_num_threads(threads)
     return config, model, run
 
 
