@@ -20,7 +20,7 @@ import reprlib
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -180,19 +180,25 @@ def _override_child(node: Any, key: str, item: str) -> Any:
 def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The nested config class that owns the field at ``loc`` (used to list valid keys in errors)."""
     current: type[BaseModel] | None = cls
+    in_list = False  # the previous part named a list[Model] field: this part is its index
     for part in loc[:-1]:
-        if current is None or not isinstance(part, str):
+        if in_list and isinstance(part, int):
+            in_list = False
+            continue
+        if current is None or not isinstance(part, str) or in_list:
             return None
         field = _field_by_name_or_alias(current, part)
         if field is None:
             return None
         annotation = field.annotation
+        if get_origin(annotation) is list and len(get_args(annotation)) == 1:
+            annotation, in_list = get_args(annotation)[0], True
         current = (
             annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel)
             else None
         )
-    return current
+    return None if in_list else current
 
 
 def _field_by_name_or_alias(cls: type[BaseModel], key: str):
