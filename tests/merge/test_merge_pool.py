@@ -263,3 +263,26 @@ def test_fingerprint_changes_with_the_weights_not_the_location(tmp_path, two_mod
         str(a): fa,
         str(b): TensorIndex.from_dir(b).fingerprint(),
     }
+
+
+def test_random_zoo_seed_variants_are_distinct_models(tmp_path):
+    cache = tmp_path / "cache"
+    pool = Pool(["olmo2-tiny-random", "olmo2-tiny-random@1", "zoo:olmo2-tiny-random@2"], cache)
+    assert [m.path.name for m in pool] == [
+        "olmo2-tiny-random",
+        "olmo2-tiny-random@1",
+        "olmo2-tiny-random@2",
+    ]
+    base = random_model("olmo2", "tiny", seed=0)
+    pool.check_architecture(get_adapter(base))
+    key = "model.layers.0.mlp.up_proj.weight"
+    for member, seed in zip(pool, (0, 1, 2)):
+        expected = random_model("olmo2", "tiny", seed=seed).state_dict()[key]
+        assert torch.equal(member.donor.get(key), expected)
+    assert len(set(pool.fingerprints().values())) == 3
+    with pytest.raises(
+        CheckpointError, match="'@<seed>' variants exist only for random zoo models"
+    ):
+        resolve_model_dir("olmo2-stdlib@1", cache)
+    with pytest.raises(CheckpointError, match="'@<seed>' variants"):
+        resolve_model_dir("olmo2-tiny-random@x", cache)

@@ -75,16 +75,38 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or env
 
 
-def _materialise_random(name: str, cache_dir: Path) -> Path:
-    """Write a random-init zoo model (and the zoo tokenizer) to ``cache_dir/<name>`` once, so it can
-    be read lazily like any other pool member; later calls reuse the directory."""
+def _random_variant(name: str) -> tuple[str, int | None] | None:
+    """``("olmo2-tiny-random", 3)`` for ``olmo2-tiny-random@3`` (a seed variant of a random zoo
+    model), ``(name, None)`` for a plain zoo name, ``None`` otherwise."""
+    base, sep, seed = name.removeprefix("zoo:").partition("@")
+    if not is_zoo_name(base):
+        return None
+    if not sep:
+        return base, None
+    if zoo_entry(base).kind != "random" or not seed.isdigit():
+        raise CheckpointError(
+            f"pool model {name!r}: '@<seed>' variants exist only for random zoo models "
+            f"({', '.join(n for n, e in ZOO.items() if e.kind == 'random')}), e.g. "
+            "olmo2-tiny-random@1"
+        )
+    return base, int(seed)
+
+
+def _materialise_random(name: str, seed: int | None, cache_dir: Path) -> Path:
+    """Write a random-init zoo model (and the zoo tokenizer) to ``cache_dir/<name>[@seed]`` once,
+    so it can be read lazily like any other pool member; later calls reuse the directory.
+    Without a seed it is exactly ``load_model(name)``; ``@seed`` re-initialises with that seed."""
     from ..loading import load_model, load_tokenizer, save_model
+    from ..zoo.presets import random_model
 
     entry = zoo_entry(name)
-    out = cache_dir / entry.name
+    out = cache_dir / (entry.name if seed is None else f"{entry.name}@{seed}")
     if (out / "config.json").is_file() and (out / SINGLE_FILE).is_file():
         return out
-    model = load_model(entry.name, dtype="float32", device="cpu")
+    if seed is None:
+        model = load_model(entry.name, dtype="float32", device="cpu")
+    else:
+        model = random_model(entry.model_type, entry.size, seed=seed)
     save_model(model, out, load_tokenizer(entry.name))
     return out
 
@@ -126,7 +148,9 @@ def resolve_model_dir(name: str, cache_dir: str | os.PathLike[str] | None = None
     """The directory holding ``name``'s config and safetensors.
 
     Order: an existing local directory; a zoo name (shipped: its package directory; random: written
-    once to ``cache_dir/<name>``, so ``cache_dir`` is required for those); a hub id (the HF cache).
+    once to ``cache_dir/<name>``, so ``cache_dir`` is required for those; ``olmo2-tiny-random@3`` is
+    the same architecture initialised with seed 3, for pools of distinct random models); a hub id
+    (the HF cache).
     """
     path = Path(name).expanduser()
     try:
@@ -137,15 +161,17 @@ def resolve_model_dir(name: str, cache_dir: str | os.PathLike[str] | None = None
         return path
     if exists:
         raise CheckpointError(f"pool model {name!r} is a file; pass the model's directory")
-    if name.startswith("zoo:") or is_zoo_name(name):
-        entry = zoo_entry(name)
+    variant = _random_variant(name)
+    if variant is not None or name.startswith("zoo:"):
+        base, seed = variant if variant is not None else (name, None)
+        entry = zoo_entry(base)  # "zoo:nope" -> "no zoo model ...; available: ..."
         if entry.kind == "shipped":
             return shipped_path(entry.name)
         if cache_dir is None:
             raise CheckpointError(
                 f"pool model {name!r} is built on demand; pass a cache directory to write it to"
             )
-        return _materialise_random(entry.name, Path(cache_dir))
+        return _materialise_random(entry.name, seed, Path(cache_dir))
     if _is_hub_id(name):
         return _snapshot(name)
     raise CheckpointError(
