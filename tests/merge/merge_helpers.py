@@ -69,3 +69,22 @@ def merge_config(tmp_path: Path, models: list[str], **overrides):
     )
     data.update(overrides)
     return MergeConfig.from_dict(data)
+
+
+class DictCache:
+    """The evaluation-cache interface the search uses (get/put with hit and miss counters)."""
+
+    def __init__(self):
+        self.data: dict[str, dict] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key):
+        if key in self.data:
+            self.hits += 1
+            return dict(self.data[key])
+        self.misses += 1
+        return None
+
+    def put(self, key, metrics):
+        self.data[key] = dict(metrics)
