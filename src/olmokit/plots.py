@@ -29,6 +29,7 @@ __all__ = [
     "plot_gate_heatmap",
     "plot_head_scores",
     "plot_logit_lens",
+    "plot_merge_map",
     "plot_patching_heatmap",
 ]
 
@@ -226,3 +227,63 @@ def plot_gate_heatmap(
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="gate")
     fig.suptitle(title)
     return _save(fig, path, dpi=100, tight=False)
+
+
+def plot_merge_map(
+    grid: Sequence[Sequence[int]],
+    donors: Sequence[str],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    steps: Sequence[str],
+    path: PathLike,
+    refined: Sequence[Sequence[bool]] | None = None,
+    title: str = "merge map",
+) -> Path:
+    """A merge at a glance: left, which donor each unit came from (``grid[row][col]`` is an index
+    into ``donors``, -1 for none); cells refined by an evolution strategy carry a star. Right, each
+    dataset's metric after every step, divided by its value at the first step (the base), so datasets
+    on different scales share one axis (lower is better; a missing value leaves a gap).
+    """
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    g = np.asarray(grid, dtype=float) if len(rows) and len(cols) else np.full((1, 1), -1.0)
+    g = np.where(g < 0, np.nan, g)
+    n = max(len(donors), 1)
+    fig = _figure((5.0 + 0.5 * len(cols) + 4.0, 2.5 + 0.35 * max(len(rows), 4)))
+    ax_map, ax_traj = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(len(cols), 2), 4]})
+    base_colors = [
+        "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3",
+        "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd",
+    ]  # fmt: skip
+    cmap = ListedColormap([base_colors[i % len(base_colors)] for i in range(n)])
+    ax_map.imshow(g, cmap=cmap, vmin=-0.5, vmax=n - 0.5, aspect="auto")
+    ax_map.set_yticks(range(len(rows)), list(rows))
+    ax_map.set_xticks(range(len(cols)), list(cols), rotation=60, ha="right", fontsize=7)
+    if refined is not None:
+        for r, row in enumerate(refined):
+            for c, flag in enumerate(row):
+                if flag:
+                    ax_map.text(c, r, "*", ha="center", va="center", color="white", fontsize=12)
+    from matplotlib.patches import Patch
+
+    ax_map.legend(
+        handles=[Patch(color=cmap(i), label=str(d)) for i, d in enumerate(donors)],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.35),
+        fontsize=7,
+        ncol=min(n, 3),
+    )
+    ax_map.set_title("donor per unit (* = ES-refined)")
+    x = np.arange(len(steps))
+    for name, values in series.items():
+        v = np.array([np.nan if y is None else float(y) for y in values], dtype=float)
+        ref = v[0] if len(v) and np.isfinite(v[0]) and v[0] != 0 else 1.0
+        ax_traj.plot(x, v / ref, marker="o", markersize=3, label=str(name))
+    ax_traj.set_xticks(x, list(steps), rotation=60, ha="right", fontsize=7)
+    ax_traj.set_ylabel("metric / base (lower is better)")
+    ax_traj.set_title("metric per step")
+    ax_traj.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path, dpi=90)
