@@ -3,7 +3,9 @@
 Each record is validated as it is read; a bad one raises :class:`~olmokit.errors.DataError` naming the
 file, the line and what is wrong, so a user can open the file and fix it. Accepted record shapes:
 
-* chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
+* chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``, or ShareGPT's
+  ``{"conversations"|"conversation": [{"from": "system"|"human"|"gpt", "value": str}, ...]}``
+  (read as the same chat record)
 * prompt/completion: ``{"prompt": str, "completion": str}``
 * text: ``{"text": str}``
 
@@ -44,9 +46,39 @@ class Record:
         return self.data["messages"]
 
 
+#: ShareGPT speaker names (``from``) and the chat roles they stand for.
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+
+
+def _sharegpt_messages(turns: Any, key: str, where: str) -> list[Any]:
+    """ShareGPT turns (``{"from": "human"|"gpt"|"system", "value": str}``) as chat messages."""
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: '{key}' must be a non-empty list")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or "from" not in t or "value" not in t:
+            raise DataError(f"{where}: {key}[{i}] must be an object with 'from' and 'value'")
+        if t["from"] not in SHAREGPT_ROLES:
+            raise DataError(
+                f"{where}: {key}[{i}].from {t['from']!r} not in {', '.join(SHAREGPT_ROLES)}"
+            )
+        out.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+    return out
+
+
 def _classify(obj: Any, where: str) -> Record:
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for key in ("conversations", "conversation"):  # ShareGPT, read as a chat record
+        if key in obj and "messages" not in obj:
+            obj = {"messages": _sharegpt_messages(obj[key], key, where)}
+            break
     if "messages" in obj:
         msgs = obj["messages"]
         if not isinstance(msgs, list) or not msgs:
@@ -78,7 +110,7 @@ def _classify(obj: Any, where: str) -> Record:
         return Record("text", obj, where)
     raise DataError(
         f"{where}: unrecognised record with keys {sorted(obj)}; expected 'messages', "
-        "'prompt'+'completion' or 'text'"
+        "'conversations' (ShareGPT), 'prompt'+'completion' or 'text'"
     )
 
 
