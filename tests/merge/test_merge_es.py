@@ -200,6 +200,22 @@ def test_svd_noise_relative_size_matches_the_research_numbers():
         assert changed > changed_min
 
 
+def test_svd_offspring_do_not_depend_on_the_thread_count():
+    # MKL's SVD changes its last bits with the thread count (this matrix showed it); ES pins the
+    # SVD to one thread so a resume under another OMP_NUM_THREADS replays the same tensor
+    w = torch.randn(384, 256, generator=torch.Generator().manual_seed(0)) * 0.02
+    threads = torch.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out.append(svd_offspring(w, 0.05, 2, torch.Generator().manual_seed(1))[1])
+            assert torch.get_num_threads() == n  # restored after the SVD
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[0], out[1])
+
+
 # ---- norm-ES -----------------------------------------------------------------------------------
 
 

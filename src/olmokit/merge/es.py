@@ -35,8 +35,10 @@ Step size σ (``step_rule``), updated after every generation:
 λ defaults to ``4 + ⌊3 ln dim⌋`` with dim = the number of kept singular values (SVD-ES, fixed from
 the first generation) or the number of rows (norm-ES).
 
-Bit-identity of :func:`replay` holds on the same device, torch build and thread count as the run
-(the SVD and matrix products are deterministic there, not across LAPACK/BLAS builds).
+Bit-identity of :func:`replay` holds on the same device type and torch build as the run. On CPU
+the SVD runs on one thread (MKL's SVD changes its last bits with the thread count; the matrix
+products and norms here do not), so the thread count does not matter; across LAPACK/BLAS builds
+or between CPU and GPU the last bits may differ.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -195,10 +198,32 @@ def skip_reason(kind: str, master: Tensor) -> str | None:
     return None
 
 
+@contextmanager
+def _single_thread(device: torch.device):
+    """One intra-op thread for the duration (CPU only).
+
+    MKL's SVD gives different last bits with different thread counts, which would make a resume
+    on another machine (or under another OMP_NUM_THREADS) replay a different tensor. One thread
+    makes it a function of the input alone; it costs only the SVD (once per generation).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def svd_basis(master: Tensor) -> SVDBasis:
-    """SVD of the tensor normalised by its largest magnitude, keeping ``S > 1e-10``."""
+    """SVD of the tensor normalised by its largest magnitude, keeping ``S > 1e-10``.
+
+    On CPU the SVD runs on one thread, so the result does not depend on the thread count."""
     a = master / master.abs().max()
-    U, S, Vh = torch.linalg.svd(a, full_matrices=False)
+    with _single_thread(a.device):
+        U, S, Vh = torch.linalg.svd(a, full_matrices=False)
     r = int((S > SVD_CUTOFF).sum())  # S is sorted descending
     return SVDBasis(U[:, :r], S[:r], Vh[:r])
 
