@@ -326,6 +326,44 @@ def test_exception_restores_the_tensor_and_propagates(kind, raise_at):
         assert not torch.equal(calls[-1], before)  # offspring really were written
 
 
+def test_small_steps_accumulate_on_the_fp32_master_not_the_bf16_model():
+    # σ far below bf16 resolution (2^-8): written into a bf16 model every offspring rounds back to
+    # the original, but the accepted steps still accumulate on the fp32 master
+    w = spread_matrix().bfloat16().float()
+    model = Model(w)
+    bf16_model = []
+
+    def write(t):
+        model.write(t)
+        bf16_model.append(t.bfloat16())
+
+    evaluate, _ = scripted(model, [{"x": 1.0 - 0.01 * (i + 1)} for i in range(40)])
+    result = run_es(
+        "norm",
+        w,
+        write,
+        evaluate,
+        {"x": 1.0},
+        flags_accept([True] * 40),
+        seed=0,
+        sigma0=1e-4,
+        generations=3,
+        lam=4,
+    )
+    assert len(result.ops) == 3
+    assert all(torch.equal(b, w.bfloat16()) for b in bf16_model[:4])  # lost in bf16 ...
+    assert not torch.equal(result.master, w)  # ... kept in the master
+    chain = w
+    for op in result.ops:
+        chain = replay(op, chain)
+    assert torch.equal(chain, result.master)
+    # re-rounding the master to bf16 between generations (what a model-dtype ES would do) loses it
+    rounded = w
+    for op in result.ops:
+        rounded = replay(op, rounded).bfloat16().float()
+    assert torch.equal(rounded, w)
+
+
 def test_trade_off_is_rejected_and_copeland_picks_among_accepted():
     w = spread_matrix()
     model = Model(w)
