@@ -1,4 +1,5 @@
-"""SVD-ES and norm-ES: noise statistics, replay bit-identity, restore on failure, acceptance, budgets."""
+"""SVD-ES and norm-ES: noise statistics, replay bit-identity, restore on failure, acceptance,
+budgets, step-size rules."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class Model:
 
 
 def distance_task(model: Model, target: torch.Tensor):
-    """Two 'datasets': squared distance to a target on the top and on the bottom half of the rows."""
+    """Two 'datasets': squared distance to a target on the top and bottom halves of the rows."""
     half = target.shape[0] // 2
 
     def evaluate():
@@ -190,7 +191,8 @@ def test_multiplicative_noise_grows_linearly_with_sigma_until_the_clamp():
 
 def test_svd_noise_relative_size_matches_the_research_numbers():
     # research/olm.md §1.6: on 0.02-std Gaussian matrices σ0=0.05 gives std(M) ≈ 0.7-0.8% and
-    # ~70% of bf16 entries change; σ0=0.5 gives several % and ~97%. Measured here: 0.83%/72%, 8.4%/97%.
+    # ~70% of bf16 entries change; σ0=0.5 gives several % and ~97%.
+    # Measured here: 0.83% / 72% and 8.4% / 97%.
     w = torch.randn(256, 256, generator=torch.Generator().manual_seed(0)) * 0.02
     for sigma, (lo, hi), changed_min in ((0.05, (0.006, 0.010), 0.6), (0.5, (0.06, 0.11), 0.93)):
         kids = svd_offspring(w, sigma, 4, torch.Generator().manual_seed(1))

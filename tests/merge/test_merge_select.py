@@ -83,7 +83,8 @@ def test_pure_cycle_falls_back_to_candidate_order():
 
 
 def test_pairwise_tie_counts_half_not_zero():
-    # c0 ties c1 on every dataset; c2 loses to both. The original (ties = 0) scored c0 and c1 like c2.
+    # c0 ties c1 on every dataset; c2 loses to both. The original (ties = 0) scored c0 and c1
+    # like c2 against each other.
     scores = rows((1, 1), (1, 1), (2, 2))
     c = copeland(scores, ["d1", "d2"])
     assert c.copeland == [1.5, 1.5, 0.0]

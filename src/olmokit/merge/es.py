@@ -1,10 +1,10 @@
 """(1+λ) evolution strategies that refine one weight tensor: SVD-ES and norm-ES.
 
-Pure tensor math plus injected callbacks; nothing here knows about models. The caller hands over an
-fp32 *master* copy of the tensor, a ``write`` callback that puts a tensor into the model (casting to
-the model's dtype), an ``evaluate`` callback returning ``{dataset: metric}`` (lower is better) and an
-``accept(candidate_metrics, elite_metrics)`` rule. ES perturbs the fp32 master, not the model's
-tensor, so a perturbation below bf16 resolution is not rounded away between generations.
+Pure tensor math plus injected callbacks; nothing here knows about models. The caller hands over
+an fp32 *master* copy of the tensor, a ``write`` callback that puts a tensor into the model (casting
+to the model's dtype), an ``evaluate`` callback returning ``{dataset: metric}`` (lower is better)
+and an ``accept(candidate_metrics, elite_metrics)`` rule. ES perturbs the fp32 master, not the
+model's tensor, so a perturbation below bf16 resolution is not rounded away between generations.
 
 Offspring (generation g, elite W, noise drawn from ``torch.Generator`` seeded with
 ``generation_seed(op_seed, g)``, on CPU, then moved to W's device):
@@ -103,12 +103,13 @@ def _mix(*parts: object) -> int:
 
 
 def tensor_seed(run_seed: int, kind: str, key: str) -> int:
-    """The per-tensor seed of one ES run: distinct per (run seed, kind, tensor key), stable across runs."""
+    """The per-tensor seed of one ES run: distinct per (run seed, kind, tensor key), stable
+    across runs and processes."""
     return _mix(int(run_seed), kind, key)
 
 
 def generation_seed(seed: int, generation: int) -> int:
-    """The generator seed of one generation (hashed, so no two (tensor, generation) pairs collide)."""
+    """The generator seed of one generation (hashed: no two (tensor, generation) pairs collide)."""
     return _mix(int(seed), int(generation))
 
 
@@ -120,8 +121,9 @@ def _generator(seed: int, generation: int) -> torch.Generator:
 class ESOp:
     """One accepted ES step, enough to regenerate it: see :func:`replay`.
 
-    ``sigma`` is the relative step σ of that generation (SVD-ES draws with std σ·std(S), norm-ES with
-    std σ); ``offspring`` is the accepted index in ``range(lam)``; ``unit``/``key`` name the tensor.
+    ``sigma`` is the relative step σ of that generation (SVD-ES draws with std σ·std(S), norm-ES
+    with std σ); ``offspring`` is the accepted index in ``range(lam)``; ``unit``/``key`` name the
+    tensor.
     """
 
     kind: str
@@ -390,11 +392,11 @@ class ESBudget:
 class ESResult:
     """What one :func:`run_es` call did.
 
-    ``master``: the final elite (fp32; the model holds it too); ``ops``: the accepted steps, in order;
-    ``metrics``: the elite's metrics; ``evaluations``: evaluate() calls made; ``skipped``: why ES did
-    not run (None when it did); ``stopped``: ``"generations"``, ``"evaluations"`` or ``"seconds"``;
-    ``sigma``: the step size after the last generation; ``history``: one record per generation
-    (σ, noise std, λ, evaluated, accepted, winner) for the report.
+    ``master``: the final elite (fp32; the model holds it too); ``ops``: the accepted steps, in
+    order; ``metrics``: the elite's metrics; ``evaluations``: evaluate() calls made; ``skipped``:
+    why ES did not run (None when it did); ``stopped``: ``"generations"``, ``"evaluations"`` or
+    ``"seconds"``; ``sigma``: the step size after the last generation; ``history``: one record
+    per generation (σ, noise std, λ, evaluated, accepted, winner) for the report.
     """
 
     master: Tensor

@@ -1,15 +1,15 @@
 """Ranking candidates over several datasets: Copeland, Borda and Pareto, with deterministic ties.
 
-Every metric is "lower is better". A candidate is one ``{dataset: metric}`` dict; its position in the
-``scores`` list is its identity (the caller keeps the list in a stable order: the current state
-first, then donors in pool order), and that position is the last tie-break, so the same inputs always
-give the same winner — the original broke ties by ``set()`` order, i.e. by ``PYTHONHASHSEED``.
+Every metric is "lower is better". A candidate is one ``{dataset: metric}`` dict; its position in
+the ``scores`` list is its identity (the caller keeps the list in a stable order: the current state
+first, then donors in pool order), and that position is the last tie-break, so the same inputs
+always give the same winner — the original broke ties by ``set()`` order (``PYTHONHASHSEED``).
 
 Conventions shared by every function here:
 
-- A metric that is missing, ``None`` or not finite (NaN, ±inf) is *worst*: worse than every finite
-  value and tied with every other worst value. (``-inf`` is not "best": a non-finite loss is a broken
-  evaluation, not a perfect one.)
+- A metric that is missing, ``None`` or not finite (NaN, ±inf) is *worst*: worse than every
+  finite value and tied with every other worst value. (``-inf`` is not "best": a non-finite loss is
+  a broken evaluation, not a perfect one.)
 - Ranks are *competition* ranks ("1224"): a candidate's rank on a dataset is 1 + the number of
   candidates strictly better there. Ties share the better rank, so a rank never depends on the order
   of the candidates or of the dict keys.
@@ -60,8 +60,9 @@ Scores = Sequence[Mapping[str, float | None]]
 class Selection:
     """The outcome of one selection, with everything the report needs to explain it.
 
-    ``winner`` is ``order[0]``; ``order`` is every candidate index, best first; ``wins``, ``copeland``
-    and ``borda`` are computed for every method, so the report always shows the pairwise matrix.
+    ``winner`` is ``order[0]``; ``order`` is every candidate index, best first; ``wins``,
+    ``copeland`` and ``borda`` are computed for every method, so the report always shows the
+    pairwise matrix.
     ``pareto_layer[i]`` is 0 for the non-dominated candidates (also computed for every method).
     """
 
@@ -256,8 +257,8 @@ def degraded(
     metric's own units). A missing/None/non-finite candidate metric is degraded against a finite
     reference. Against a missing/non-finite reference nothing is degraded (the reference is already
     the worst value; None vs None is a tie), so ``degraded(x, x, eps) == []`` always holds and the
-    current state never rejects itself. ``datasets`` defaults to the sorted union of both dicts' keys;
-    the result follows that order.
+    current state never rejects itself. ``datasets`` defaults to the sorted union of both dicts'
+    keys; the result follows that order.
     """
     epsilon = _check_epsilon(epsilon)
     out = []
