@@ -508,6 +508,33 @@ def test_seconds_budget_uses_the_injected_clock():
     assert torch.equal(model.tensor, result.master) and torch.equal(result.master, calls[2])
 
 
+def test_seconds_budget_asks_the_other_processes():
+    # this process is within its time, another one is not: the agreed answer stops both
+    w = spread_matrix()
+    model = Model(w)
+    asked = []
+
+    def agree(late: bool) -> bool:
+        asked.append(late)
+        return len(asked) > 2  # "some rank is late" from the third check on
+
+    evaluate, calls = scripted(model, [{"x": 1.0 - 0.01 * (i + 1)} for i in range(20)])
+    budget = ESBudget(max_seconds=1e9, clock=lambda: 0.0, agree=agree)
+    result = run_es(
+        "norm",
+        w,
+        model.write,
+        evaluate,
+        {"x": 1.0},
+        no_regression_accept(),
+        seed=0,
+        sigma0=0.1,
+        lam=4,
+        budget=budget,
+    )
+    assert asked == [False, False, False] and len(calls) == 2 and result.stopped == "seconds"
+
+
 def flags_accept(flags):
     it = iter(flags)
     return lambda m, e: next(it)

@@ -365,11 +365,17 @@ class ESBudget:
     Stateful: pass one object to several :func:`run_es` calls for a budget shared by all tensors, or
     a new one per tensor. The clock starts at the first ``run_es`` that uses it. ``clock`` is
     injectable (tests pass a fake one).
+
+    Under several processes that evaluate together (each scoring a slice of the samples), clocks
+    differ, so "out of time" must be one decision: pass ``agree``, a function that combines the
+    local flag across processes (e.g. an all-reduce MAX) and returns the common answer. The
+    evaluation limit needs no agreement (every process counts the same evaluations).
     """
 
     max_evaluations: int | None = None
     max_seconds: float | None = None
     clock: Callable[[], float] = time.monotonic
+    agree: Callable[[bool], bool] | None = None
     evaluations: int = 0
     started: float | None = None
 
@@ -383,7 +389,10 @@ class ESBudget:
             return "evaluations"
         if self.max_seconds is not None:
             self.start()
-            if self.clock() - self.started >= self.max_seconds:
+            late = self.clock() - self.started >= self.max_seconds
+            if self.agree is not None:
+                late = bool(self.agree(late))
+            if late:
                 return "seconds"
         return None
 
