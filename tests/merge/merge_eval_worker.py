@@ -1,0 +1,75 @@
+"""Driver for test_merge_evaluate's multi-process test: ``python merge_eval_worker.py OUT N``.
+
+Spawns N CPU processes joined in a gloo group (file:// rendezvous in OUT), each loading the same
+model and evaluation sets (:func:`build`) and running :class:`olmokit.merge.evaluate.Evaluator`;
+rank r writes ``OUT/rank<r>.json`` with the per-sample scores, the means and which samples it
+scored itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+DATA = Path(__file__).resolve().parents[2] / "configs" / "merge" / "data"
+BATCH_SIZE = 2
+
+
+def build():
+    """The model and evaluation sets the test compares against (one process, same code)."""
+    from olmokit.loading import load_model, load_tokenizer
+    from olmokit.merge.config import DatasetSpec
+    from olmokit.merge.datasets import load_datasets
+
+    tok = load_tokenizer()
+    specs = [
+        DatasetSpec(path=str(DATA / "prose_sharegpt.json"), mode="bigram_loss", samples=5),
+        DatasetSpec(path=str(DATA / "code.jsonl"), mode="exact_match", samples=5),
+        DatasetSpec(path=str(DATA / "code.jsonl"), mode="nll", samples=3, name="code_nll"),
+        DatasetSpec(
+            path=str(DATA / "prose_sharegpt.json"),
+            mode="diversity",
+            samples=3,
+            max_new_tokens=6,
+            name="prose_div",
+        ),
+    ]
+    return load_model("olmo2-stdlib"), load_datasets(specs, tok)
+
+
+def _worker(rank: int, size: int, out: str) -> None:
+    import olmokit.merge.evaluate as ev
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=size
+    )
+    try:
+        model, sets = build()
+        scored: list[list[int]] = []
+        real = ev.merge_metric
+
+        def counting(mode, model, tok, samples, batch_size, **options):
+            scored.append([len(s.context_ids) for s in samples])
+            return real(mode, model, tok, samples, batch_size, **options)
+
+        ev.merge_metric = counting
+        evaluator = ev.Evaluator(model, sets, batch_size=BATCH_SIZE)
+        result = {
+            "scores": evaluator.sample_scores(),
+            "means": evaluator.evaluate(),
+            "world": list(ev.world()),
+            "batches_scored": len(scored) // 2,  # two calls above
+        }
+        Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    out_dir, n = sys.argv[1], int(sys.argv[2])
+    mp.spawn(_worker, args=(n, out_dir), nprocs=n, join=True)

@@ -1,0 +1,163 @@
+"""Evaluator (per-dataset means of the merge metrics, split across processes) and StateCache."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from merge_eval_worker import BATCH_SIZE, build
+
+from olmokit.eval.merge_metrics import merge_metric
+from olmokit.merge.datasets import EvalSet
+from olmokit.merge.evaluate import Evaluator, StateCache, plan_batches, world
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WORKER = Path(__file__).with_name("merge_eval_worker.py")
+
+
+@pytest.fixture(scope="module")
+def model_and_sets():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield build()
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_means_equal_the_metrics_called_directly(model_and_sets):
+    model, sets = model_and_sets
+    means = Evaluator(model, sets, batch_size=1).evaluate()
+    assert list(means) == ["prose_sharegpt", "code", "code_nll", "prose_div"]
+    for es in sets:
+        direct = merge_metric(es.mode, model, es.tokenizer, es.samples, 1, **es.options)
+        assert means[es.name] == math.fsum(direct) / len(direct)  # one sample at a time: exact
+        assert len(set(direct)) > 1 or es.mode == "diversity"  # real, varied per-sample scores
+    # batched: the same numbers up to padding round-off
+    batched = Evaluator(model, sets, batch_size=4).evaluate()
+    for es in sets:
+        direct = merge_metric(es.mode, model, es.tokenizer, es.samples, 4, **es.options)
+        assert batched[es.name] == pytest.approx(sum(direct) / len(direct), rel=1e-5, abs=1e-6)
+
+
+def test_pinned_values(model_and_sets):
+    """The shipped olmo2-stdlib on the tiny config's data (changes only with the zoo model)."""
+    model, sets = model_and_sets
+    means = Evaluator(model, sets, batch_size=BATCH_SIZE).evaluate()
+    assert means == pytest.approx(
+        {
+            "prose_sharegpt": 1.919036,  # prose answers: the code model is mostly wrong (max 2)
+            "code": 1.174487,
+            "code_nll": 3.094364,
+            "prose_div": 1228.8,  # mean of 4096 / #unique words of three 6-token greedy answers
+        },
+        rel=1e-5,
+    )
+
+
+def test_evaluation_runs_in_eval_mode_without_grad(model_and_sets):
+    model, sets = model_and_sets
+    seen = []
+    hook = model.register_forward_hook(
+        lambda m, i, o: seen.append((m.training, torch.is_grad_enabled()))
+    )
+    model.train()
+    try:
+        Evaluator(model, sets[:1], batch_size=4).evaluate()
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {(False, False)}
+    assert model.training  # restored
+    model.eval()
+
+
+def test_plan_batches_longest_first_and_counters(model_and_sets):
+    model, sets = model_and_sets
+    es = sets[0]
+    plan = plan_batches(es, 2)
+    lengths = [
+        len(es.samples[i].context_ids) + len(es.samples[i].response_ids) for b in plan for i in b
+    ]
+    assert lengths == sorted(lengths, reverse=True)
+    assert sorted(i for b in plan for i in b) == list(range(len(es)))
+    assert [len(b) for b in plan] == [2, 2, 1]
+    ev = Evaluator(model, [es], batch_size=2)
+    ev.evaluate()
+    ev.evaluate()
+    assert ev.evaluations == 2 and ev.seconds > 0
+    assert world() == (0, 1)
+
+
+def test_evaluator_validates_its_inputs(model_and_sets):
+    model, sets = model_and_sets
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        Evaluator(model, sets, batch_size=0)
+    dup = EvalSet("x", "nll", sets[2].samples, tokenizer=sets[2].tokenizer)
+    with pytest.raises(ValueError, match="names must be unique"):
+        Evaluator(model, [dup, dup])
+
+
+def test_two_processes_equal_one_process(model_and_sets, tmp_path):
+    """2 CPU processes (gloo) give the very per-sample scores and means of 1 process, and each
+    process scored only its share of the batches."""
+    model, sets = model_and_sets
+    single = Evaluator(model, sets, batch_size=BATCH_SIZE)
+    scores, means = single.sample_scores(), single.evaluate()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path), "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    total_batches = sum(len(p) for p in single.plans)
+    assert [r["world"] for r in results] == [[0, 2], [1, 2]]
+    assert [r["batches_scored"] for r in results] == [
+        sum(len(p[0::2]) for p in single.plans),
+        sum(len(p[1::2]) for p in single.plans),
+    ]
+    assert results[0]["batches_scored"] + results[1]["batches_scored"] == total_batches
+    for r in results:
+        assert r["scores"] == scores  # bit-identical per-sample scores
+        assert r["means"] == means  # and means
+
+
+def test_state_key_is_order_independent_and_drops_base_units():
+    k = StateCache.state_key
+    assert k({"a": "m1", "b": "m2"}) == k({"b": "m2", "a": "m1"})
+    assert k({"a": "m1"}) != k({"a": "m2"}) != k({"b": "m2"})
+    assert k({"a": "base", "b": "m2"}, base="base") == k({"b": "m2"})
+    assert k({"a": "base"}, base="base") == k({})
+    es = {"donor": "m1", "es": [{"kind": "svd", "seed": 3, "offspring": 1}]}
+    assert k({"a": es}) != k({"a": "m1"})
+    assert k({"a": es}) == k({"a": json.loads(json.dumps(es))})
+    assert len(k({})) == 32
+
+
+def test_state_cache_counts_hits_and_misses():
+    cache = StateCache()
+    calls = []
+
+    def evaluate():
+        calls.append(1)
+        return {"x": 0.5, "y": None}
+
+    key = StateCache.state_key({"layers.0": "m1"})
+    assert cache.get(key) is None
+    assert cache.evaluate(key, evaluate) == {"x": 0.5, "y": None}
+    assert cache.evaluate(key, evaluate) == {"x": 0.5, "y": None}
+    assert len(calls) == 1 and key in cache and len(cache) == 1
+    assert cache.stats() == {"hits": 1, "misses": 2, "states": 1}
+    got = cache.get(key)
+    got["x"] = 9.0  # callers get copies: the cache cannot be corrupted from outside
+    assert cache.get(key)["x"] == 0.5
