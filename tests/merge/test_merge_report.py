@@ -158,9 +158,18 @@ def test_trajectory_and_table():
     assert steps[-1] == ("unit layers.4.mlp.up_proj", {"a": 0.2, "b": 0.8})
     headers, rows = decision_rows(report)
     assert headers == ["step", "target", "winner", "changed", "rejected", "es", "a", "b"]
-    assert rows[0] == ["base", "-", "base", "-", "-", "-", "1.0000", "1.0000"]
+    assert rows[0] == ["base", "-", "base", "-", "-", "-", "1.000000", "1.000000"]
     assert rows[1][:6] == ["boundary", "boundary", "code", "yes", "1", "0"]
-    assert rows[-1] == ["unit", "layers.4.mlp.up_proj", "base", "no", "1", "1", "0.2000", "0.8000"]
+    assert rows[-1] == [
+        "unit",
+        "layers.4.mlp.up_proj",
+        "base",
+        "no",
+        "1",
+        "1",
+        "0.200000",
+        "0.800000",
+    ]
     assert len(rows) == 1 + 1 + 6 + 1
 
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "olmokit.cli.zoo",
     "olmokit.jola.cli",
     "olmokit.lens.cli",
+    "olmokit.merge.cli",
 ]
 
 

@@ -238,7 +238,7 @@ def write_mergekit(
 
 # --------------------------------------------------------------------------------- printing
 def _fmt(v: Any) -> str:
-    return "null" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+    return "null" if v is None else f"{v:.6f}" if isinstance(v, float) else str(v)
 
 
 def decision_rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -18,8 +18,6 @@ cache is keyed on.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -33,12 +31,11 @@ __all__ = ["WorkingModel", "state_key", "unit_source"]
 
 
 def state_key(overrides: Mapping[str, str]) -> str:
-    """A short stable hash of the ``{unit: source}`` overrides (units that differ from the base).
+    """The evaluation-cache key of the ``{unit: source}`` overrides (units that differ from the
+    base): :meth:`olmokit.merge.evaluate.StateCache.state_key`, order-independent."""
+    from .evaluate import StateCache
 
-    The empty mapping (the base itself) has its own key; key order never matters.
-    """
-    text = json.dumps(dict(sorted(overrides.items())), separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+    return StateCache.state_key(overrides)
 
 
 def unit_source(member: str, es_ops: Iterable[Mapping[str, Any]] = ()) -> str:

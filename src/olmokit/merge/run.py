@@ -1,0 +1,168 @@
+"""One merge run from a config, in a run directory: pool → base → datasets → search → model.
+
+:func:`run_merge` writes into ``config.output_dir`` (an :class:`olmokit.runs.RunDir`):
+``config.yaml`` and ``environment.json``; ``pool_cache/`` (random-init zoo pool models, written once);
+``merge_report.json`` (rewritten atomically after every decision, see :mod:`olmokit.merge.report`);
+and at the end ``model/``, a plain Hugging Face model directory (safetensors, the base's tokenizer).
+
+``resume=True`` continues a killed run: the report is checked (schema, tool, config hash, the pool's
+file fingerprints; any mismatch is a :class:`~olmokit.errors.ReportError`), the working model is
+rebuilt from the base plus every recorded decision and ES step (replayed bit for bit), and the search
+continues with the first undecided step. Nothing already written is overwritten unless
+``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ReportError
+from ..loading import load_model, load_tokenizer, save_model
+from ..runs import RunDir
+from .config import MergeConfig
+from .report import REPORT_FILE, SCHEMA_VERSION, TOOL, check_resumable, config_hash, load_report
+from .search import MergeSearch, replay_decisions
+from .state import WorkingModel
+
+__all__ = ["run_merge", "IGNORE_ON_RESUME", "MODEL_DIR"]
+
+#: Config keys that may change between a run and its resume (where it runs, not what it computes).
+IGNORE_ON_RESUME = ("output_dir", "device")
+MODEL_DIR = "model"
+POOL_CACHE = "pool_cache"
+
+
+def _tokenizer(config: MergeConfig, base_path: Any) -> Any:
+    """The base's tokenizer: from its directory, else by its configured name (zoo models)."""
+    from ..errors import CheckpointError
+
+    try:
+        return load_tokenizer(str(base_path))
+    except CheckpointError:
+        return load_tokenizer(config.base_model)
+
+
+def _new_report(config: MergeConfig, pool: Any, working: WorkingModel) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": TOOL,
+        "status": "running",
+        "config_hash": config_hash(config),
+        "seed": config.seed,
+        "selection": config.selection,
+        "epsilon": config.epsilon,
+        "improve_against": config.improve_against,
+        "dtype": config.dtype,
+        "datasets": [
+            {"name": d.name, "mode": d.mode, "samples": d.samples} for d in config.datasets
+        ],
+        "pool": _pool_entries(pool),
+        "num_layers": working.num_layers,
+        "unit_layers": {u.name: u.layer for u in working.units.values() if u.tied_to is None},
+        "initial_base": working.base,
+        "base": working.base,
+        "base_metrics": None,
+        "base_selection": None,
+        "preselection": None,
+        "boundary": None,
+        "layers": {},
+        "units": {},
+        "sequence": 0,
+        "cache": {"hits": 0, "misses": 0},
+    }
+
+
+def _pool_entries(pool: Any) -> list[dict[str, str]]:
+    return [{"name": m.name, "path": str(m.path), "fingerprint": m.fingerprint()} for m in pool]
+
+
+def run_merge(
+    config: MergeConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RunDir:
+    """Run (or, with ``resume``, continue) the merge ``config`` describes; returns its run directory
+    (the merged model is ``run.path / "model"``, the report ``run.path / "merge_report.json"``)."""
+    from .datasets import load_datasets
+    from .evaluate import Evaluator, StateCache
+    from .pool import Pool
+
+    run = RunDir.create(
+        config.output_dir,
+        config,
+        tool="merge",
+        resume=resume,
+        overwrite=overwrite,
+        seed=config.seed,
+        ignore_on_resume=IGNORE_ON_RESUME,
+    )
+    pool = Pool(config.models, cache_dir=run.path / POOL_CACHE)
+    report: dict[str, Any] | None = None
+    if run.resumed and run.exists(REPORT_FILE):
+        report = load_report(run.path / REPORT_FILE)
+        check_resumable(
+            report,
+            config_digest=config_hash(config),
+            pool=_pool_entries(pool),
+            where=str(run.path / REPORT_FILE),
+        )
+        if report.get("status") == "complete" and run.exists(MODEL_DIR, "config.json"):
+            return run
+
+    initial = pool.member(config.base_model or config.models[0])
+    model = load_model(str(initial.path), dtype=config.dtype, device=config.device)
+    working = WorkingModel(model, pool, base=initial.name)
+    pool.check_architecture(working.adapter)
+    if report is not None and report.get("initial_base") != initial.name:
+        raise ReportError(f"{run.path / REPORT_FILE}: its initial base is not {initial.name!r}")
+    tokenizer = _tokenizer(config, initial.path)
+    # the first `samples` records of each file, as the original (no seeded subset)
+    evalsets = load_datasets(list(config.datasets), tokenizer)
+    evaluator = Evaluator(model, evalsets, batch_size=config.batch_size)
+    cache = StateCache()
+
+    members = list(pool.names)
+    if report is None:
+        report = _new_report(config, pool, working)
+    else:
+        kept, _ = replay_decisions(working, report)
+        if kept is not None:
+            members = [m for m in members if m in kept]
+        hits = report.get("cache") or {}
+        cache.hits, cache.misses = int(hits.get("hits", 0)), int(hits.get("misses", 0))
+
+    search = MergeSearch(
+        working,
+        config,
+        evaluator.evaluate,
+        cache,
+        report,
+        save=lambda: run.write_json(REPORT_FILE, report),
+        members=members,
+        progress=progress,
+    )
+    if not report.get("base_metrics"):
+        report["base_metrics"] = search.base_metrics()
+        search.current = dict(report["base_metrics"])
+        search.save()
+    else:
+        search.current = dict(_last_metrics(report))
+    search.run()
+    pool.close()
+
+    save_model(model, run.path / MODEL_DIR, tokenizer)
+    report["status"] = "complete"
+    report["model"] = MODEL_DIR
+    search.save()
+    return run
+
+
+def _last_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    from .report import decisions
+
+    metrics = report.get("base_metrics") or {}
+    for d in decisions(report):
+        metrics = d.get("metrics") or metrics
+    return metrics
