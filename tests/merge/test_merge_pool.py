@@ -163,8 +163,12 @@ def test_different_family_is_refused_by_name(tmp_path, two_models):
         Pool([str(a), str(other)]).check_architecture(get_adapter(base))
 
 
-def test_same_architecture_passes_and_units_read_the_donor(two_models):
-    (a, base), (b, donor_model) = two_models
+@pytest.mark.parametrize("model_type", ["olmo", "olmo2", "olmo3"])
+def test_same_architecture_passes_and_units_read_the_donor(tmp_path, model_type):
+    (a, base), (b, donor_model) = (
+        _save(tmp_path, "a", model_type, seed=1),
+        _save(tmp_path, "b", model_type, seed=2),
+    )
     pool = Pool([str(a), str(b)])
     adapter = get_adapter(base)
     pool.check_architecture(adapter)
