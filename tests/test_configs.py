@@ -16,6 +16,7 @@ CONFIG_CLASSES = {
     "zoo": "olmokit.zoo.build.config:ZooBuildConfig",
     "jola": "olmokit.jola.config:JoLAConfig",
     "lens": "olmokit.lens.config:LensConfig",
+    "merge": "olmokit.merge.config:MergeConfig",
 }
 
 
