@@ -2,8 +2,8 @@
 
 Spawns N CPU processes joined in a gloo group (file:// rendezvous in OUT), each loading the same
 model and evaluation sets (:func:`build`) and running :class:`olmokit.merge.evaluate.Evaluator`;
-rank r writes ``OUT/rank<r>.json`` with the per-sample scores, the means and which samples it
-scored itself.
+rank r writes ``OUT/rank<r>.json`` with the per-sample scores, the means, how many batches it
+scored itself, and the fingerprint of a random zoo pool member both ranks resolved into one cache.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ def _worker(rank: int, size: int, out: str) -> None:
         "gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=size
     )
     try:
+        from olmokit.merge.pool import Pool
+
+        pool = Pool(["olmo2-tiny-random@1"], Path(out) / "cache")  # rank 0 writes it, 1 waits
+        fingerprint = pool.members[0].fingerprint()
         model, sets = build()
         scored: list[list[int]] = []
         real = ev.merge_metric
@@ -64,6 +68,7 @@ def _worker(rank: int, size: int, out: str) -> None:
             "means": evaluator.evaluate(),
             "world": list(ev.world()),
             "batches_scored": len(scored) // 2,  # two calls above
+            "pool_fingerprint": fingerprint,
         }
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:

@@ -127,6 +127,9 @@ def test_two_processes_equal_one_process(model_and_sets, tmp_path):
         sum(len(p[1::2]) for p in single.plans),
     ]
     assert results[0]["batches_scored"] + results[1]["batches_scored"] == total_batches
+    # the pool both ranks built: written once (by rank 0) into the shared cache, read by both
+    assert results[0]["pool_fingerprint"] == results[1]["pool_fingerprint"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["olmo2-tiny-random@1"]
     for r in results:
         assert r["scores"] == scores  # bit-identical per-sample scores
         assert r["means"] == means  # and means

@@ -356,6 +356,21 @@ class LazyDonor:
 
 
 # ---------------------------------------------------------------------------- the pool
+def _resolve_all(names: list[str], cache_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """:func:`resolve_model_dir` for every name. Under an initialised multi-process group the
+    first process resolves first (writing random zoo models, downloading hub models) while the
+    others wait, then they find everything in place: processes never write one directory at once."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [resolve_model_dir(n, cache_dir) for n in names]
+    if dist.get_rank() == 0:
+        paths = [resolve_model_dir(n, cache_dir) for n in names]
+    dist.barrier()
+    if dist.get_rank() != 0:
+        paths = [resolve_model_dir(n, cache_dir) for n in names]
+    return paths
+
+
 @dataclass
 class PoolMember:
     """One pool model: the name as configured, its directory, its tensor index and lazy reader."""
@@ -392,9 +407,9 @@ class Pool:
         cache_dir: str | os.PathLike[str] | None = None,
         max_open: int = 1,
     ):
+        names = list(names)
         self.members: list[PoolMember] = []
-        for name in names:
-            path = resolve_model_dir(name, cache_dir)
+        for name, path in zip(names, _resolve_all(names, cache_dir)):
             index = TensorIndex.from_dir(path)
             self.members.append(PoolMember(name, path, index, LazyDonor(path, index)))
         if not self.members:
