@@ -79,7 +79,11 @@ def test_lazy_get_reads_one_tensor_without_loading_the_file(two_models, monkeypa
     assert spy.read == [key, "model.norm.weight"]
     donor.close()
     assert not donor.is_open
-    got.add_(1.0)  # writable, not aliasing the (read-only) mapped file
+    # safe_open's get_tensor returns a view of the mapping (a write would show in later reads):
+    # get() must hand out a copy, or swapping a unit in place and perturbing it would corrupt the donor
+    again = donor.get(key)  # the handle is open again
+    again.add_(1.0)
+    torch.testing.assert_close(donor.get(key), model.state_dict()[key], rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="no tensor 'nope'"):
         donor.get("nope")
 

@@ -339,7 +339,8 @@ class LazyDonor:
         self, key: str, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
     ) -> torch.Tensor:
         """The tensor ``key``, read alone from its shard, on ``device`` in ``dtype`` (default: as
-        stored). The result owns its memory (it does not alias the mapped file)."""
+        stored). The result owns its memory: ``get_tensor`` returns a view of the mapping, whose
+        writes later reads would see, so it is always copied."""
         info = self.index.tensors.get(key)
         if info is None:
             raise CheckpointError(f"{self.path}: no tensor {key!r}")
