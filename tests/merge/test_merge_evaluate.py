@@ -15,7 +15,7 @@ from merge_eval_worker import BATCH_SIZE, build
 
 from olmokit.eval.merge_metrics import merge_metric
 from olmokit.merge.datasets import EvalSet
-from olmokit.merge.evaluate import Evaluator, StateCache, plan_batches, world
+from olmokit.merge.evaluate import Evaluator, StateCache, init_distributed, plan_batches, world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -164,3 +164,11 @@ def test_state_cache_counts_hits_and_misses():
     got = cache.get(key)
     got["x"] = 9.0  # callers get copies: the cache cannot be corrupted from outside
     assert cache.get(key)["x"] == 0.5
+
+
+def test_init_distributed_leaves_a_single_process_alone(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_distributed() == (0, 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_distributed("cpu") == (0, 1)
+    assert not torch.distributed.is_initialized()
