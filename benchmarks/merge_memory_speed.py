@@ -1,0 +1,318 @@
+"""Merge memory and speed: peak RSS vs pool size, and candidate evaluations/s vs a naive reload.
+
+Run: ``python benchmarks/merge_memory_speed.py`` (a few minutes on 2 CPU cores; about 2.7 GB of disk
+in a temporary directory, deleted afterwards; ``--keep DIR`` reuses/keeps the donors there).
+
+Donors: 8 random-init OLMo-2 models of ~162M parameters (hidden 1024, 12 layers, MLP 2816, the zoo
+vocabulary), seeds 0..7, saved as bf16 safetensors (half the disk of fp32; the working model is fp32,
+so a donor tensor is also cast on the way in, as with a real bf16 pool). Pool size N uses donors 0..N-1;
+donor 0 is the base.
+
+Memory (``peak_rss_ratio``): for each N in 2, 4, 8 a *fresh child process* imports everything, resets
+its RSS high-water mark (``/proc/self/clear_refs`` ← 5) and reads its RSS as the baseline (after a
+warm-up forward of a tiny model of the same family, so lazy imports of the model classes and
+first-call allocations do not count as the pool's), then does
+what a merge's layer step does with olmokit: load the base as the one working model, and for every
+decoder layer and the boundary units, for every other donor, snapshot the unit(s), copy the donor's
+tensors in lazily (``olmokit.merge.pool.Pool`` + ``olmokit.merge.state.WorkingModel``), evaluate,
+restore. Reported: ``(VmHWM − baseline) / bytes of one fp32 model``. Target ≤ 1.5 at every N, flat.
+
+Speed (``evals_per_s_ratio_vs_naive``): in one child, the same candidates (3 layers × 3 donors of the
+4-donor pool) and the same tiny evaluation set, scored two ways:
+
+* ``naive`` — the original olm.py's way, written here: per candidate ``from_pretrained`` the whole
+  donor, copy the layer's parameters into the working model, evaluate, copy the base's back;
+* ``olmokit`` — lazy unit swap in place (:class:`WorkingModel` ``snapshot``/``apply_all``/``restore``).
+
+Evaluation in both: :func:`olmokit.eval.response_nll` (the merge's ``nll`` metric) on 4 fixed random
+samples (24-token context, 8-token response). The last line is ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = dict(
+    hidden_size=1024,
+    num_hidden_layers=12,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    intermediate_size=2816,
+    max_position_embeddings=512,
+)
+#: ``--smoke``: a 2-layer model of ~1M parameters, to check the harness in seconds
+SMOKE_SIZES = dict(
+    SIZES,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    intermediate_size=128,
+)
+POOL_SIZES = (2, 4, 8)
+SPEED_POOL = 4
+SPEED_LAYERS = (0, 5, 11)
+SMOKE_SPEED_LAYERS = (0, 1)
+
+
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` memory field in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def build_donors(root: Path, n: int, sizes: dict) -> list[Path]:
+    """``n`` seeded random ~162M-parameter OLMo-2 donors as bf16 HF dirs (reused if present)."""
+    import torch
+
+    from olmokit.loading import load_tokenizer, save_model
+    from olmokit.zoo.presets import random_model
+
+    tok = load_tokenizer("olmo2-stdlib")
+    dirs = []
+    for seed in range(n):
+        out = root / f"donor{seed}"
+        if not (out / "config.json").is_file():
+            model = random_model("olmo2", "small", seed=seed, dtype=torch.float32, **sizes)
+            save_model(model.to(torch.bfloat16), out, tok)
+            del model
+        dirs.append(out)
+    return dirs
+
+
+def _eval_samples():
+    import torch
+
+    from olmokit.eval import ContextResponse
+
+    g = torch.Generator().manual_seed(1234)
+    ids = torch.randint(4, 4096, (4, 32), generator=g).tolist()
+    return [ContextResponse(row[:24], row[24:]) for row in ids]
+
+
+def _evaluate(model, samples) -> float:
+    from olmokit.eval import response_nll
+
+    scores = response_nll(model, samples, batch_size=4, pad_token_id=1)
+    return sum(scores) / len(scores)
+
+
+def _load_working(base: Path):
+    from olmokit.loading import load_model
+
+    return load_model(base, dtype="float32")
+
+
+def _layer_candidates(wm, layers, members):
+    for layer in layers:
+        for member in members:
+            yield wm.layer_units(layer), member
+
+
+def child_memory(dirs: list[Path], cache: Path) -> dict:
+    """One pool size's memory run (in a fresh process): see the module docstring."""
+    import torch
+
+    from olmokit.merge.pool import Pool
+    from olmokit.merge.state import WorkingModel
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    samples = _eval_samples()
+    # one-time costs (lazy imports of the model classes, first-forward allocations) are not the
+    # pool's: pay them on a tiny model of the same family before the baseline
+    from olmokit.zoo.presets import random_model
+
+    warm = random_model("olmo2", "tiny")
+    _evaluate(warm, samples)
+    del warm
+    gc.collect()
+    reset = _reset_peak()
+    baseline = _status("VmRSS")
+    t0 = time.perf_counter()
+    pool = Pool([str(d) for d in dirs], cache)
+    model = _load_working(dirs[0])
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    wm = WorkingModel(model, pool, pool.members[0].name)
+    groups = [wm.boundary_units()] + [wm.layer_units(i) for i in range(wm.num_layers)]
+    evals = 0
+    for units in groups:
+        for member in pool.members[1:]:
+            snap = wm.snapshot(units)
+            wm.apply_all(units, member)
+            _evaluate(model, samples)
+            wm.restore(snap)
+            evals += 1
+    peak = _status("VmHWM")
+    return {
+        "pool": len(dirs),
+        "baseline_bytes": baseline,
+        "peak_bytes": peak,
+        "model_bytes": model_bytes,
+        "peak_above_baseline_ratio": (peak - baseline) / model_bytes,
+        "rss_anon_end_bytes": _status("RssAnon"),
+        "rss_file_end_bytes": _status("RssFile"),
+        "hwm_reset": reset,
+        "evaluations": evals,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
+    """Naive reload vs lazy swap on the same candidates and evaluation set (one process)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from olmokit.family import get_adapter
+    from olmokit.merge.pool import Pool
+    from olmokit.merge.state import WorkingModel
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    samples = _eval_samples()
+    model = _load_working(dirs[0])
+    _evaluate(model, samples)  # warm-up (first-call allocations)
+    params = dict(model.named_parameters())
+
+    # naive: the original's way, one whole donor per candidate
+    layer_keys = {
+        layer: [k for u in get_adapter(model).units() if u.layer == layer for k in u.keys]
+        for layer in layers
+    }
+    naive_scores, t0 = [], time.perf_counter()
+    for layer in layers:
+        for donor_dir in dirs[1:]:
+            donor = AutoModelForCausalLM.from_pretrained(donor_dir, dtype=torch.float32)
+            donor_params = dict(donor.named_parameters())
+            saved = {k: params[k].detach().clone() for k in layer_keys[layer]}
+            with torch.no_grad():
+                for k in layer_keys[layer]:
+                    params[k].copy_(donor_params[k])
+            naive_scores.append(_evaluate(model, samples))
+            with torch.no_grad():
+                for k, v in saved.items():
+                    params[k].copy_(v)
+            del donor, donor_params
+    naive_s = time.perf_counter() - t0
+
+    # olmokit: lazy unit swap in place on the same candidates
+    pool = Pool([str(d) for d in dirs], cache)
+    wm = WorkingModel(model, pool, pool.members[0].name)
+    lazy_scores, t0 = [], time.perf_counter()
+    for units, member in _layer_candidates(wm, layers, pool.members[1:]):
+        snap = wm.snapshot(units)
+        wm.apply_all(units, member)
+        lazy_scores.append(_evaluate(model, samples))
+        wm.restore(snap)
+    lazy_s = time.perf_counter() - t0
+    same = all(abs(a - b) <= 1e-5 * max(1.0, abs(a)) for a, b in zip(naive_scores, lazy_scores))
+    n = len(lazy_scores)
+    return {
+        "candidates": n,
+        "naive_seconds": naive_s,
+        "olmokit_seconds": lazy_s,
+        "naive_evals_per_s": n / naive_s,
+        "olmokit_evals_per_s": n / lazy_s,
+        "same_scores": same,
+        "max_score_difference": max(abs(a - b) for a, b in zip(naive_scores, lazy_scores)),
+    }
+
+
+def _run_child(mode: str, dirs: list[Path], cache: Path, smoke: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--cache", str(cache)]
+    cmd += ["--smoke"] if smoke else []
+    cmd += [str(d) for d in dirs]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"child {mode} (pool {len(dirs)}) failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--keep", type=Path, help="build/reuse the donors here and keep them")
+    ap.add_argument("--smoke", action="store_true", help="tiny donors: check the harness only")
+    ap.add_argument("--child", choices=["memory", "speed"], help=argparse.SUPPRESS)
+    ap.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("dirs", nargs="*", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        if args.child == "memory":
+            print(json.dumps(child_memory(args.dirs, args.cache)))
+        else:
+            layers = SMOKE_SPEED_LAYERS if args.smoke else SPEED_LAYERS
+            print(json.dumps(child_speed(args.dirs, args.cache, layers)))
+        return
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="olmokit-merge-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"disk: {shutil.disk_usage(root).free / 2**30:.1f} GiB free at {root}", file=sys.stderr)
+    try:
+        t0 = time.perf_counter()
+        dirs = build_donors(root, max(POOL_SIZES), SMOKE_SIZES if args.smoke else SIZES)
+        print(f"donors built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        cache = root / "pool_cache"
+        memory = {n: _run_child("memory", dirs[:n], cache, args.smoke) for n in POOL_SIZES}
+        speed = _run_child("speed", dirs[:SPEED_POOL], cache, args.smoke)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    model_mb = memory[POOL_SIZES[0]]["model_bytes"] / 2**20
+    print(f"\nOne working model: {model_mb:.0f} MiB (fp32); donors stored as bf16.\n")
+    print(
+        "| pool size | candidate evals | peak RSS above baseline (MiB) | × one model | RssFile at end (MiB) |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    for n, m in memory.items():
+        print(
+            f"| {n} | {m['evaluations']} | {(m['peak_bytes'] - m['baseline_bytes']) / 2**20:.0f} "
+            f"| {m['peak_above_baseline_ratio']:.2f} | {m['rss_file_end_bytes'] / 2**20:.0f} |"
+        )
+    print(f"\n| method ({speed['candidates']} candidates, pool {SPEED_POOL}) | seconds | evals/s |")
+    print("|---|---:|---:|")
+    print(
+        f"| naive from_pretrained per candidate | {speed['naive_seconds']:.1f} | {speed['naive_evals_per_s']:.2f} |"
+    )
+    print(
+        f"| olmokit lazy unit swap | {speed['olmokit_seconds']:.1f} | {speed['olmokit_evals_per_s']:.2f} |"
+    )
+    ratio = speed["olmokit_evals_per_s"] / speed["naive_evals_per_s"]
+    ratios = {str(n): round(m["peak_above_baseline_ratio"], 3) for n, m in memory.items()}
+    result = {
+        "peak_rss_ratio": ratios,
+        "evals_per_s_ratio_vs_naive": round(ratio, 2),
+        "naive_evals_per_s": round(speed["naive_evals_per_s"], 3),
+        "olmokit_evals_per_s": round(speed["olmokit_evals_per_s"], 3),
+        "same_scores_as_naive": speed["same_scores"],
+        "model_parameters": memory[POOL_SIZES[0]]["model_bytes"] // 4,
+        "targets_met": {
+            "peak_rss_le_1_5": all(v <= 1.5 for v in ratios.values()),
+            "flat_2_to_8": ratios[str(POOL_SIZES[-1])] - ratios[str(POOL_SIZES[0])] <= 0.1,
+            "evals_per_s_ge_5x": ratio >= 5.0,
+        },
+    }
+    print("RESULT " + json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
