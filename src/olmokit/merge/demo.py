@@ -156,7 +156,7 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def demo_merge_config(
-    pool_dir: str, datasets: dict[str, str], output_dir: str, samples: int = 64
+    pool_dir: str, datasets: dict[str, str], output_dir: str, samples: int = 60
 ) -> dict[str, Any]:
     """The merge config over a demo pool (plain dict; ``MergeConfig`` validates it).
 
@@ -230,8 +230,8 @@ def make_demo_pool(
     batch_size: int = 8,
     seq_len: int = 128,
     learning_rate: float = 2e-3,
-    merge_samples: int = 64,
-    heldout_samples: int = 128,
+    merge_samples: int = 60,
+    heldout_samples: int = 64,
     corpus: Corpus | None = None,
     log: Callable[..., Any] = print,
 ) -> DemoPool:
