@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ReportError
+import torch
+
+from ..errors import OlmokitError, ReportError
 from ..loading import load_model, load_tokenizer, save_model
 from ..runs import RunDir
 from .config import MergeConfig
@@ -86,19 +88,11 @@ def run_merge(
     """Run (or, with ``resume``, continue) the merge ``config`` describes; returns its run directory
     (the merged model is ``run.path / "model"``, the report ``run.path / "merge_report.json"``)."""
     from .datasets import load_datasets
-    from .evaluate import Evaluator, StateCache
-    from .pool import Pool
+    from .evaluate import Evaluator, StateCache, init_distributed
 
-    run = RunDir.create(
-        config.output_dir,
-        config,
-        tool="merge",
-        resume=resume,
-        overwrite=overwrite,
-        seed=config.seed,
-        ignore_on_resume=IGNORE_ON_RESUME,
-    )
-    pool = Pool(config.models, cache_dir=run.path / POOL_CACHE)
+    rank, size = init_distributed(config.device)
+    main = rank == 0
+    run, pool = _open(config, resume, overwrite, rank, size)
     report: dict[str, Any] | None = None
     if run.resumed and run.exists(REPORT_FILE):
         report = load_report(run.path / REPORT_FILE)
@@ -133,15 +127,19 @@ def run_merge(
         hits = report.get("cache") or {}
         cache.hits, cache.misses = int(hits.get("hits", 0)), int(hits.get("misses", 0))
 
+    def save() -> None:
+        if main:  # every rank makes the same decisions; only the main process writes them
+            run.write_json(REPORT_FILE, report)
+
     search = MergeSearch(
         working,
         config,
         evaluator.evaluate,
         cache,
         report,
-        save=lambda: run.write_json(REPORT_FILE, report),
+        save=save,
         members=members,
-        progress=progress,
+        progress=progress and main,
     )
     if not report.get("base_metrics"):
         report["base_metrics"] = search.base_metrics()
@@ -152,11 +150,51 @@ def run_merge(
     search.run()
     pool.close()
 
-    save_model(model, run.path / MODEL_DIR, tokenizer)
+    if main:
+        save_model(model, run.path / MODEL_DIR, tokenizer)
     report["status"] = "complete"
     report["model"] = MODEL_DIR
     search.save()
+    if size > 1:
+        torch.distributed.barrier()  # no rank leaves before the model is written
     return run
+
+
+def _open(
+    config: MergeConfig, resume: bool, overwrite: bool, rank: int, size: int
+) -> tuple[RunDir, Any]:
+    """The run directory and the pool. Under a multi-process launch the main process creates (or
+    checks) the directory first and the others only read it; an error on the main process is
+    raised on every rank (nobody waits forever)."""
+    from .pool import Pool
+
+    path = config.output_dir
+    run = None
+    error: OlmokitError | None = None
+    if rank == 0:
+        try:
+            run = RunDir.create(
+                path,
+                config,
+                tool="merge",
+                resume=resume,
+                overwrite=overwrite,
+                seed=config.seed,
+                ignore_on_resume=IGNORE_ON_RESUME,
+            )
+        except OlmokitError as exc:
+            error = exc
+    if size > 1:
+        message = [None if error is None else str(error)]
+        torch.distributed.broadcast_object_list(message, src=0)
+        if message[0] is not None and error is None:
+            raise OlmokitError(f"the main process failed: {message[0]}")
+    if error is not None:
+        raise error
+    if rank != 0:
+        run = RunDir(path, tool="merge", resumed=resume)
+    # every rank builds the pool (the main one materialises random zoo models, the others wait)
+    return run, Pool(config.models, cache_dir=run.path / POOL_CACHE)
 
 
 def _last_metrics(report: dict[str, Any]) -> dict[str, Any]:
