@@ -136,8 +136,8 @@ class MergeSearch:
     def unit_order(self) -> list[ParameterUnit]:
         units = self.working.searchable_units(self.config.skip_norm)
         if self.config.direction == "backward":
-            # layers last-to-first, each layer's units in their usual order; boundary units last
-            # in forward order stay where the layer order puts them
+            # the forward order reversed by layer: lm_head and the final norm, then the layers
+            # last to first (each layer's units in their usual order), embed_tokens last
             units = sorted(
                 units,
                 key=lambda u: (
@@ -397,6 +397,12 @@ class MergeSearch:
                 with torch.no_grad():
                     _w.copy_(t)
 
+            generations = cfg.es_svd_generations if kind == "svd" else cfg.es_norm_generations
+            # offspring per generation (the SVD rank may come out lower: the bar is for the ETA)
+            lam = cfg.es_lambda or es_mod.default_lambda(
+                min(weight.shape) if kind == "svd" else weight.shape[0]
+            )
+            bar = _bar(generations * lam, f"{kind}-ES {unit.name}", self.progress, position=1)
             result = es_mod.run_es(
                 kind,
                 master,
@@ -406,7 +412,7 @@ class MergeSearch:
                 accept,
                 seed=es_mod.tensor_seed(cfg.seed, kind, key),
                 sigma0=cfg.es_svd_sigma if kind == "svd" else cfg.es_norm_sigma,
-                generations=cfg.es_svd_generations if kind == "svd" else cfg.es_norm_generations,
+                generations=generations,
                 lam=cfg.es_lambda,
                 step_rule=cfg.es_svd_step_rule if kind == "svd" else "fixed",
                 budget=es_mod.ESBudget(cfg.es_max_evaluations, cfg.es_max_seconds),
@@ -415,7 +421,9 @@ class MergeSearch:
                 key=key,
                 selection=cfg.selection,
                 datasets=self.datasets,
+                on_evaluated=lambda *_, _b=bar: _b.update(1),
             )
+            bar.close()
             ops += [op.to_json() for op in result.ops]
             if result.ops:
                 self.current = clean_metrics(result.metrics, self.datasets)
