@@ -20,9 +20,13 @@ CONVERSATIONS = [
 
 
 def make_pool(
-    root: Path, seeds: tuple[int, ...] = (0, 1, 2), tied: bool = False, scale: float | None = None
+    root: Path,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    tied: bool = False,
+    scale: float | None = None,
+    model_type: str = "olmo2",
 ) -> list[str]:
-    """Save one tiny random OLMo-2 per seed (with the zoo tokenizer) under ``root``; return the dirs.
+    """Save one tiny random model per seed (with the zoo tokenizer) under ``root``; return the dirs.
 
     ``scale`` multiplies every weight of the models after the first (a deliberately different pool
     member, e.g. one that is much worse)."""
@@ -32,7 +36,7 @@ def make_pool(
     tok = load_tokenizer("olmo2-tiny-random")
     out = []
     for i, seed in enumerate(seeds):
-        model = random_model("olmo2", "tiny", seed=seed, tie_word_embeddings=tied)
+        model = random_model(model_type, "tiny", seed=seed, tie_word_embeddings=tied)
         if scale is not None and i > 0:
             with torch.no_grad():
                 for p in model.parameters():

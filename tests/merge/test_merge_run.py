@@ -100,3 +100,22 @@ def test_tied_pool_merges_and_loads(tmp_path, one_thread):
     )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("model_type", ["olmo", "olmo3"])
+def test_other_generations_merge_and_load(tmp_path, model_type, one_thread):
+    """OLMo v1 (non-parametric layer norms: no norm units) and OLMo-3 (sliding-window layers)."""
+    dirs = make_pool(tmp_path / "pool", seeds=(0, 1), model_type=model_type)
+    config = merge_config(tmp_path, dirs, layer_swap=True, tensor_swap=True, skip_norm=False)
+    run = run_merge(config, progress=False)
+    report = load_report(run.path)
+    layers = 4 if model_type == "olmo3" else 2
+    assert list(report["layers"]) == [str(i) for i in range(layers)]
+    per_layer = 7 if model_type == "olmo" else 11  # + q/k norms and two post-norms on OLMo-3
+    boundary = 2 if model_type == "olmo" else 3  # embed_tokens, (final norm), lm_head
+    assert len(report["units"]) == layers * per_layer + boundary
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        run.path / "model", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.model_type == model_type

@@ -12,10 +12,13 @@ Schema (``schema_version`` 1; standard JSON — a non-finite metric is ``null`` 
       "initial_base": "<the model loaded first>",
       "base": "<the base after base selection>", "base_metrics": {dataset: metric},
       "base_selection": <decision> | null,               # step "base"
+      "member_metrics": {name: metrics} (whole-model evaluations of base selection / max_models),
       "preselection": {"kept": [...], "dropped": [...], "borda": {name: rank sum}} | null,
       "boundary": <decision> | null,                      # step "boundary"
       "layers": {"<layer index>": <decision>},            # step "layer", in decision order
       "units": {"<unit name>": <decision>},               # step "unit", in decision order
+      "sequence": n (decisions made so far), "dtype": "...", "num_layers": L,
+      "unit_layers": {unit name: layer index | null} (the searchable units, for the merge map),
       "cache": {"hits": int, "misses": int},
       "model": "model" (when complete)
     }
