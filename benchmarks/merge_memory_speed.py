@@ -24,8 +24,9 @@ Speed (``evals_per_s_ratio_vs_naive``): in one child, the same candidates (3 lay
   donor, copy the layer's parameters into the working model, evaluate, copy the base's back;
 * ``olmokit`` — lazy unit swap in place (:class:`WorkingModel` ``snapshot``/``apply_all``/``restore``).
 
-Evaluation in both: :func:`olmokit.eval.response_nll` (the merge's ``nll`` metric) on 4 fixed random
-samples (24-token context, 8-token response). The last line is ``RESULT {json}``.
+Evaluation in both: :func:`olmokit.eval.response_nll` (the merge's ``nll`` metric) on 2 fixed random
+samples (12-token context, 4-token response): a tiny set, so the figure is about moving weights.
+Both are timed per candidate, interleaved, with swap/load and evaluation clocked apart. The last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -106,14 +107,14 @@ def _eval_samples():
     from olmokit.eval import ContextResponse
 
     g = torch.Generator().manual_seed(1234)
-    ids = torch.randint(4, 4096, (4, 32), generator=g).tolist()
-    return [ContextResponse(row[:24], row[24:]) for row in ids]
+    ids = torch.randint(4, 4096, (2, 16), generator=g).tolist()
+    return [ContextResponse(row[:12], row[12:]) for row in ids]
 
 
 def _evaluate(model, samples) -> float:
     from olmokit.eval import response_nll
 
-    scores = response_nll(model, samples, batch_size=4, pad_token_id=1)
+    scores = response_nll(model, samples, batch_size=2, pad_token_id=1)
     return sum(scores) / len(scores)
 
 
@@ -192,37 +193,51 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
     _evaluate(model, samples)  # warm-up (first-call allocations)
     params = dict(model.named_parameters())
 
-    # naive: the original's way, one whole donor per candidate
+    # the same candidates both ways, interleaved (naive, then olmokit, per candidate) so drift of
+    # a shared CPU hits both alike; swap/load time and evaluation time are clocked apart
     layer_keys = {
         layer: [k for u in get_adapter(model).units() if u.layer == layer for k in u.keys]
         for layer in layers
     }
-    naive_scores, t0 = [], time.perf_counter()
+    pool = Pool([str(d) for d in dirs], cache)
+    wm = WorkingModel(model, pool, pool.members[0].name)
+    clock = {"naive_load": 0.0, "naive_eval": 0.0, "olmokit_swap": 0.0, "olmokit_eval": 0.0}
+    naive_scores, lazy_scores = [], []
     for layer in layers:
-        for donor_dir in dirs[1:]:
+        for donor_dir, member in zip(dirs[1:], pool.members[1:]):
+            # naive: the original's way, the whole donor per candidate
+            t = time.perf_counter()
             donor = AutoModelForCausalLM.from_pretrained(donor_dir, dtype=torch.float32)
             donor_params = dict(donor.named_parameters())
             saved = {k: params[k].detach().clone() for k in layer_keys[layer]}
             with torch.no_grad():
                 for k in layer_keys[layer]:
                     params[k].copy_(donor_params[k])
+            t1 = time.perf_counter()
             naive_scores.append(_evaluate(model, samples))
+            t2 = time.perf_counter()
             with torch.no_grad():
                 for k, v in saved.items():
                     params[k].copy_(v)
-            del donor, donor_params
-    naive_s = time.perf_counter() - t0
+            del donor, donor_params, saved
+            t3 = time.perf_counter()
+            clock["naive_load"] += (t1 - t) + (t3 - t2)
+            clock["naive_eval"] += t2 - t1
 
-    # olmokit: lazy unit swap in place on the same candidates
-    pool = Pool([str(d) for d in dirs], cache)
-    wm = WorkingModel(model, pool, pool.members[0].name)
-    lazy_scores, t0 = [], time.perf_counter()
-    for units, member in _layer_candidates(wm, layers, pool.members[1:]):
-        snap = wm.snapshot(units)
-        wm.apply_all(units, member)
-        lazy_scores.append(_evaluate(model, samples))
-        wm.restore(snap)
-    lazy_s = time.perf_counter() - t0
+            # olmokit: lazy unit swap in place, restored from a copy of just those units
+            t = time.perf_counter()
+            units = wm.layer_units(layer)
+            snap = wm.snapshot(units)
+            wm.apply_all(units, member)
+            t1 = time.perf_counter()
+            lazy_scores.append(_evaluate(model, samples))
+            t2 = time.perf_counter()
+            wm.restore(snap)
+            t3 = time.perf_counter()
+            clock["olmokit_swap"] += (t1 - t) + (t3 - t2)
+            clock["olmokit_eval"] += t2 - t1
+    naive_s = clock["naive_load"] + clock["naive_eval"]
+    lazy_s = clock["olmokit_swap"] + clock["olmokit_eval"]
     same = all(abs(a - b) <= 1e-5 * max(1.0, abs(a)) for a, b in zip(naive_scores, lazy_scores))
     n = len(lazy_scores)
     return {
@@ -231,6 +246,7 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
         "olmokit_seconds": lazy_s,
         "naive_evals_per_s": n / naive_s,
         "olmokit_evals_per_s": n / lazy_s,
+        "seconds_per_candidate": {k: v / n for k, v in clock.items()},
         "same_scores": same,
         "max_score_difference": max(abs(a - b) for a, b in zip(naive_scores, lazy_scores)),
     }
@@ -251,6 +267,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--keep", type=Path, help="build/reuse the donors here and keep them")
     ap.add_argument("--smoke", action="store_true", help="tiny donors: check the harness only")
+    ap.add_argument("--only", choices=["memory", "speed"], help="run one half (no RESULT line)")
     ap.add_argument("--child", choices=["memory", "speed"], help=argparse.SUPPRESS)
     ap.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("dirs", nargs="*", type=Path, help=argparse.SUPPRESS)
@@ -271,12 +288,20 @@ def main() -> None:
         dirs = build_donors(root, max(POOL_SIZES), SMOKE_SIZES if args.smoke else SIZES)
         print(f"donors built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         cache = root / "pool_cache"
-        memory = {n: _run_child("memory", dirs[:n], cache, args.smoke) for n in POOL_SIZES}
-        speed = _run_child("speed", dirs[:SPEED_POOL], cache, args.smoke)
+        sizes = () if args.only == "speed" else POOL_SIZES
+        memory = {n: _run_child("memory", dirs[:n], cache, args.smoke) for n in sizes}
+        speed = (
+            None
+            if args.only == "memory"
+            else _run_child("speed", dirs[:SPEED_POOL], cache, args.smoke)
+        )
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
 
+    if args.only:
+        print(json.dumps(memory or speed, indent=1))
+        return
     model_mb = memory[POOL_SIZES[0]]["model_bytes"] / 2**20
     print(f"\nOne working model: {model_mb:.0f} MiB (fp32); donors stored as bf16.\n")
     print(
@@ -296,6 +321,12 @@ def main() -> None:
     print(
         f"| olmokit lazy unit swap | {speed['olmokit_seconds']:.1f} | {speed['olmokit_evals_per_s']:.2f} |"
     )
+    per = speed["seconds_per_candidate"]
+    print(
+        f"\nPer candidate: naive load+copy+restore {per['naive_load']:.2f} s, eval "
+        f"{per['naive_eval']:.2f} s; olmokit swap+restore {per['olmokit_swap']:.3f} s, eval "
+        f"{per['olmokit_eval']:.2f} s."
+    )
     ratio = speed["olmokit_evals_per_s"] / speed["naive_evals_per_s"]
     ratios = {str(n): round(m["peak_above_baseline_ratio"], 3) for n, m in memory.items()}
     result = {
@@ -304,6 +335,7 @@ def main() -> None:
         "naive_evals_per_s": round(speed["naive_evals_per_s"], 3),
         "olmokit_evals_per_s": round(speed["olmokit_evals_per_s"], 3),
         "same_scores_as_naive": speed["same_scores"],
+        "seconds_per_candidate": {k: round(v, 4) for k, v in per.items()},
         "model_parameters": memory[POOL_SIZES[0]]["model_bytes"] // 4,
         "targets_met": {
             "peak_rss_le_1_5": all(v <= 1.5 for v in ratios.values()),
