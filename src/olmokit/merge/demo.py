@@ -23,6 +23,12 @@ base's pretraining text, from both fine-tunings and from everything the merge lo
 
 Each evaluation sample is a conversation in the merge datasets format (ShareGPT): the human turn is
 a document prefix, the expected assistant turn its continuation, both cut at whitespace.
+
+What the experts are (measured at the defaults, CPython 3.11, held-out mean NLL): brief fine-tuning
+of a base that was pretrained on this very text barely moves its own domain (prose expert on prose
+4.273 vs base 4.273; code expert on code 2.931 vs 2.911) and costs the other one (prose expert on
+code 3.012, code expert on prose 4.411). They differ from the base and from each other layer by
+layer, which is what a merge chooses among; ``benchmarks/merge_quality.py`` shows the result.
 """
 
 from __future__ import annotations
