@@ -136,6 +136,17 @@ def test_pool_keeps_at_most_max_open_donors_mapped(two_models):
     assert not any(m.donor.is_open for m in pool)
 
 
+def test_pool_by_default_unmaps_a_donor_after_each_unit(two_models):
+    """Open mappings keep their pages resident: by default nothing stays mapped between reads."""
+    (a, model), (b, _) = two_models
+    pool = Pool([str(a), str(b)])
+    unit = get_adapter(model).units()[0]
+    got = pool.unit_tensors(str(b), unit)
+    assert [m.donor.is_open for m in pool] == [False, False]
+    again = pool.unit_tensors(str(b), unit)  # reopened on demand
+    assert all(torch.equal(got[k], again[k]) for k in got)
+
+
 def test_architecture_mismatch_names_model_and_tensor(tmp_path, two_models):
     (a, base), _ = two_models
     wide, _ = _save(tmp_path, "wide", intermediate_size=96)  # tiny: 128 (every mlp tensor differs)

@@ -399,14 +399,18 @@ class Pool:
     """The pool's members in configured order, with architecture checks and lazy unit reads.
 
     ``cache_dir`` receives random-init zoo models (pass ``<run>/pool_cache``). ``max_open`` bounds
-    how many members keep their shards mapped at once (the least recently read are closed).
+    how many members keep their shards mapped at once (the least recently read are closed). The
+    default 0 closes a donor's mapping right after each unit is read: the pages of a mapped file
+    stay resident (and count in RSS) while it is open, so keeping even one donor open let a whole
+    donor's pages accumulate over a layer-by-layer search (measured: 1.64x one model's bytes at a
+    pool of 2 with ``max_open=1``). Reopening costs one header read per unit.
     """
 
     def __init__(
         self,
         names: Iterable[str],
         cache_dir: str | os.PathLike[str] | None = None,
-        max_open: int = 1,
+        max_open: int = 0,
     ):
         names = list(names)
         self.members: list[PoolMember] = []
@@ -415,7 +419,7 @@ class Pool:
             self.members.append(PoolMember(name, path, index, LazyDonor(path, index)))
         if not self.members:
             raise CheckpointError("the model pool is empty")
-        self.max_open = max(1, int(max_open))
+        self.max_open = max(0, int(max_open))
         self._open: OrderedDict[str, LazyDonor] = OrderedDict()
         self._aliases: dict[str, str] = {}
 
@@ -488,6 +492,8 @@ class Pool:
         self._aliases = tied_keys
 
     def _donor(self, member: PoolMember) -> LazyDonor:
+        if self.max_open == 0:  # opened on demand; unit_tensors closes it after the read
+            return member.donor
         self._open[member.name] = member.donor
         self._open.move_to_end(member.name)
         while len(self._open) > self.max_open:
@@ -508,9 +514,13 @@ class Pool:
         m = self.member(member) if isinstance(member, str) else member
         donor = self._donor(m)
         out = {}
-        for key in unit.keys:
-            source = key if key in donor else self._aliases.get(key, key)
-            out[key] = donor.get(source, device=device, dtype=dtype)
+        try:
+            for key in unit.keys:
+                source = key if key in donor else self._aliases.get(key, key)
+                out[key] = donor.get(source, device=device, dtype=dtype)
+        finally:
+            if self.max_open == 0:
+                donor.close()
         return out
 
     def fingerprints(self) -> dict[str, str]:
