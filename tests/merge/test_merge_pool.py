@@ -7,6 +7,7 @@ import json
 import pytest
 import safetensors.torch
 import torch
+from common import TOOL_FAMILIES
 from fuzz_support import forbid_network
 
 import olmokit.merge.pool as pool_mod
@@ -178,7 +179,7 @@ def test_different_family_is_refused_by_name(tmp_path, two_models):
         Pool([str(a), str(other)]).check_architecture(get_adapter(base))
 
 
-@pytest.mark.parametrize("model_type", ["olmo", "olmo2", "olmo3"])
+@pytest.mark.parametrize("model_type", TOOL_FAMILIES["merge"])
 def test_same_architecture_passes_and_units_read_the_donor(tmp_path, model_type):
     (a, base), (b, donor_model) = (
         _save(tmp_path, "a", model_type, seed=1),
