@@ -19,7 +19,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from olmokit.errors import CheckpointError, FamilyError, OlmokitError
-from olmokit.loading import _is_dir, _is_hub_id, load_model, load_tokenizer, save_model
+from olmokit.loading import _is_dir, is_hub_id, load_model, load_tokenizer, save_model
 from olmokit.zoo.registry import ZOO, is_zoo_name
 
 ZOO_LIST = "zoo models: " + ", ".join(ZOO)
@@ -67,7 +67,7 @@ def test_any_name_is_refused_with_one_clear_message(guard, name):
         assert msg == f"{name}: no config.json; pass a directory written by save_pretrained"
     elif name.startswith("zoo:"):
         assert msg == f"no zoo model {name!r}; available: {', '.join(ZOO)}"
-    elif _is_hub_id(name):  # valid syntax, so it went to the (offline) hub
+    elif is_hub_id(name):  # valid syntax, so it went to the (offline) hub
         assert msg.startswith(f"could not load {name!r}") and "zoo model: olmo2-stdlib" in msg
     else:
         assert "is neither an existing model directory, a zoo model nor a valid" in msg

@@ -30,6 +30,7 @@ from .zoo.presets import random_model
 from .zoo.registry import DEFAULT_MODEL, ZOO, ZooEntry, is_zoo_name, shipped_path, zoo_entry
 
 __all__ = [
+    "is_hub_id",
     "load_model",
     "load_tokenizer",
     "load_model_and_tokenizer",
@@ -119,8 +120,10 @@ def _exists(name: str) -> bool:
         return False
 
 
-def _is_hub_id(name: str) -> bool:
-    """A syntactically valid hub repo id that does not read as a filesystem path."""
+def is_hub_id(name: str) -> bool:
+    """A syntactically valid hub repo id that does not read as a filesystem path (``gpt2`` and
+    ``allenai/OLMo-2-0425-1B``; not ``./x``, ``/x``, ``~/x``). Shared by every place that resolves
+    a model name, so a name means the same thing to ``load_model`` and to a merge pool."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if name.startswith(("/", "./", "../", "~", "\\")) or name in (".", ".."):
@@ -151,7 +154,7 @@ def _resolve(name: str) -> _Source:
         if entry.kind == "shipped":
             return _Source(name, str(shipped_path(entry.name)), local=True, entry=entry)
         return _Source(name, name, local=False, entry=entry)
-    if _is_hub_id(name):
+    if is_hub_id(name):
         return _Source(name, name, local=False)
     raise _unresolvable(name)
 

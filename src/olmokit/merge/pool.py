@@ -31,6 +31,7 @@ from safetensors import safe_open
 
 from ..errors import CheckpointError
 from ..files import read_text
+from ..loading import is_hub_id, load_model, load_tokenizer, save_model
 from ..zoo.registry import ZOO, is_zoo_name, shipped_path, zoo_entry
 
 __all__ = [
@@ -56,18 +57,6 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*
 
 
 # ---------------------------------------------------------------------------- resolution
-def _is_hub_id(name: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if name.startswith(("/", "./", "../", "~", "\\")) or name in (".", ".."):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return "/" in name
-
-
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
@@ -96,7 +85,6 @@ def _materialise_random(name: str, seed: int | None, cache_dir: Path) -> Path:
     """Write a random-init zoo model (and the zoo tokenizer) to ``cache_dir/<name>[@seed]`` once,
     so it can be read lazily like any other pool member; later calls reuse the directory.
     Without a seed it is exactly ``load_model(name)``; ``@seed`` re-initialises with that seed."""
-    from ..loading import load_model, load_tokenizer, save_model
     from ..zoo.presets import random_model
 
     entry = zoo_entry(name)
@@ -172,7 +160,7 @@ def resolve_model_dir(name: str, cache_dir: str | os.PathLike[str] | None = None
                 f"pool model {name!r} is built on demand; pass a cache directory to write it to"
             )
         return _materialise_random(entry.name, seed, Path(cache_dir))
-    if _is_hub_id(name):
+    if is_hub_id(name) and "/" in name:  # a pool names hub models in full ('namespace/name')
         return _snapshot(name)
     raise CheckpointError(
         f"pool model {name!r} is neither a directory, a zoo model ({', '.join(ZOO)}) nor a hub id "
