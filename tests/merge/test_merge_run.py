@@ -5,6 +5,7 @@ report is standard JSON with every decision; no donor is materialised whole duri
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -12,6 +13,7 @@ import torch
 import transformers
 from merge_helpers import make_pool, merge_config
 
+from olmokit.errors import DataError
 from olmokit.merge import search as search_mod
 from olmokit.merge.report import load_report
 from olmokit.merge.run import run_merge
@@ -119,3 +121,13 @@ def test_other_generations_merge_and_load(tmp_path, model_type, one_thread):
     )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert model.config.model_type == model_type
+
+
+def test_missing_dataset_file_fails_before_the_run_directory_exists(tmp_path, pool_dirs):
+    config = merge_config(tmp_path, pool_dirs)
+    config = config.model_copy(
+        update={"datasets": [config.datasets[0].model_copy(update={"path": "nope/x.jsonl"})]}
+    )
+    with pytest.raises(DataError, match=r"dataset file not found: nope/x\.jsonl \(relative paths"):
+        run_merge(config, progress=False)
+    assert not Path(config.output_dir).exists()

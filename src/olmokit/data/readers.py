@@ -189,7 +189,8 @@ def read_records(path: str | os.PathLike[str], kind: str | None = None) -> list[
     if kind is not None and kind not in RECORD_KINDS:
         raise DataError(f"unknown record kind {kind!r}; valid: {', '.join(RECORD_KINDS)}")
     if not p.is_file():
-        raise DataError(f"{p}: dataset file not found")
+        where = "" if p.is_absolute() else f" (relative paths are read from {Path.cwd()})"
+        raise DataError(f"{p}: dataset file not found{where}")
     if p.suffix not in (".json", ".jsonl"):
         raise DataError(f"{p}: unsupported dataset extension {p.suffix!r}; use .json or .jsonl")
     text = read_text(p, DataError)

@@ -14,11 +14,12 @@ continues with the first undecided step. Nothing already written is overwritten 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import OlmokitError, ReportError
+from ..errors import DataError, OlmokitError, ReportError
 from ..loading import load_model, load_tokenizer, save_model
 from ..runs import RunDir
 from .config import MergeConfig
@@ -90,6 +91,12 @@ def run_merge(
     from .datasets import load_datasets
     from .evaluate import Evaluator, StateCache, init_distributed
 
+    missing = [d.path for d in config.datasets if not Path(d.path).is_file()]
+    if missing:  # before the run directory exists: a typo must not leave a run to --overwrite
+        raise DataError(
+            f"dataset file{'s' if len(missing) > 1 else ''} not found: {', '.join(missing)} "
+            f"(relative paths are read from {Path.cwd()})"
+        )
     rank, size = init_distributed(config.device)
     main = rank == 0
     run, pool = _open(config, resume, overwrite, rank, size)
