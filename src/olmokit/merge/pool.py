@@ -31,7 +31,7 @@ from safetensors import safe_open
 
 from ..errors import CheckpointError
 from ..files import read_text
-from ..loading import is_hub_id, load_model, load_tokenizer, save_model
+from ..loading import is_hub_id, load_model, load_tokenizer, resolve_dtype, save_model
 from ..zoo.registry import ZOO, is_zoo_name, shipped_path, zoo_entry
 
 __all__ = [
@@ -273,22 +273,14 @@ class TensorIndex:
 
 
 # ---------------------------------------------------------------------------- lazy reads
-_DTYPE_NAMES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype from a name ("bf16", "float32", ...) with loading's one table of names."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in _DTYPE_NAMES:
-        raise CheckpointError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPE_NAMES)}")
-    return _DTYPE_NAMES[dtype]
+    resolved = resolve_dtype(dtype)
+    if not isinstance(resolved, torch.dtype):  # "auto" means nothing for one tensor
+        raise CheckpointError(f"dtype {dtype!r} cannot be applied to a single tensor")
+    return resolved
 
 
 class LazyDonor:
