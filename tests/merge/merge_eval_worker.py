@@ -69,6 +69,8 @@ def _worker(rank: int, size: int, out: str) -> None:
             "world": list(ev.world()),
             "batches_scored": len(scored) // 2,  # two calls above
             "pool_fingerprint": fingerprint,
+            # a flag only rank 1 raises (its clock ran out, say) is every rank's decision
+            "any_process": [ev.any_process(rank == 1), ev.any_process(False)],
         }
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:

@@ -133,6 +133,7 @@ def test_two_processes_equal_one_process(model_and_sets, tmp_path):
     for r in results:
         assert r["scores"] == scores  # bit-identical per-sample scores
         assert r["means"] == means  # and means
+        assert r["any_process"] == [True, False]  # the ES time-budget decision is shared
 
 
 def test_state_key_is_order_independent_and_drops_base_units():

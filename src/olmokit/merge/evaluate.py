@@ -34,7 +34,14 @@ from ..eval.merge_metrics import merge_metric
 from ..eval.modes import eval_mode
 from .datasets import EvalSet
 
-__all__ = ["Evaluator", "StateCache", "init_distributed", "plan_batches", "world"]
+__all__ = [
+    "Evaluator",
+    "StateCache",
+    "any_process",
+    "init_distributed",
+    "plan_batches",
+    "world",
+]
 
 
 def world() -> tuple[int, int]:
@@ -57,6 +64,18 @@ def init_distributed(device: str | torch.device = "cpu") -> tuple[int, int]:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
     return world()
+
+
+def any_process(flag: bool) -> bool:
+    """True when ``flag`` is true on any process of the group (a MAX all-reduce); ``flag`` itself
+    for one process. For decisions every rank must take alike although their inputs differ, such as
+    an ES time budget (each rank reads its own clock)."""
+    _, size = world()
+    if size == 1:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=_reduce_device())
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item() > 0)
 
 
 def plan_batches(evalset: EvalSet, batch_size: int) -> list[list[int]]:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..family import ParameterUnit
+from .evaluate import any_process
 from .select import degraded, select
 from .state import WorkingModel, unit_source
 
@@ -415,7 +416,10 @@ class MergeSearch:
                 generations=generations,
                 lam=cfg.es_lambda,
                 step_rule=cfg.es_svd_step_rule if kind == "svd" else "fixed",
-                budget=es_mod.ESBudget(cfg.es_max_evaluations, cfg.es_max_seconds),
+                # under several processes 'out of time' is one decision (clocks differ by rank)
+                budget=es_mod.ESBudget(
+                    cfg.es_max_evaluations, cfg.es_max_seconds, agree=any_process
+                ),
                 clamp=cfg.es_noise_clamp,
                 unit=unit.name,
                 key=key,
