@@ -32,6 +32,7 @@ from safetensors import safe_open
 from ..errors import CheckpointError
 from ..files import read_text
 from ..loading import is_hub_id, load_model, load_tokenizer, resolve_dtype, save_model
+from ..zoo.presets import random_model
 from ..zoo.registry import ZOO, is_zoo_name, shipped_path, zoo_entry
 
 __all__ = [
@@ -85,7 +86,6 @@ def _materialise_random(name: str, seed: int | None, cache_dir: Path) -> Path:
     """Write a random-init zoo model (and the zoo tokenizer) to ``cache_dir/<name>[@seed]`` once,
     so it can be read lazily like any other pool member; later calls reuse the directory.
     Without a seed it is exactly ``load_model(name)``; ``@seed`` re-initialises with that seed."""
-    from ..zoo.presets import random_model
 
     entry = zoo_entry(name)
     out = cache_dir / (entry.name if seed is None else f"{entry.name}@{seed}")

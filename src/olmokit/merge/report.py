@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ReportError
+from ..files import atomic_write_text
 
 __all__ = [
     "REPORT_FILE",
@@ -234,7 +235,6 @@ def mergekit_yaml(report: Mapping[str, Any], dtype: str | None = None) -> str:
 def write_mergekit(
     report: Mapping[str, Any], out: str | os.PathLike[str], dtype: str | None = None
 ) -> Path:
-    from ..files import atomic_write_text
 
     return atomic_write_text(out, mergekit_yaml(report, dtype))
 

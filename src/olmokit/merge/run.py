@@ -19,11 +19,22 @@ from typing import Any
 
 import torch
 
-from ..errors import DataError, OlmokitError, ReportError
+from ..errors import CheckpointError, DataError, OlmokitError, ReportError
 from ..loading import load_model, load_tokenizer, save_model
 from ..runs import RunDir
 from .config import MergeConfig
-from .report import REPORT_FILE, SCHEMA_VERSION, TOOL, check_resumable, config_hash, load_report
+from .datasets import load_datasets
+from .evaluate import Evaluator, StateCache, init_distributed
+from .pool import Pool
+from .report import (
+    REPORT_FILE,
+    SCHEMA_VERSION,
+    TOOL,
+    check_resumable,
+    config_hash,
+    decisions,
+    load_report,
+)
 from .search import MergeSearch, replay_decisions
 from .state import WorkingModel
 
@@ -37,7 +48,6 @@ POOL_CACHE = "pool_cache"
 
 def _tokenizer(config: MergeConfig, base_path: Any) -> Any:
     """The base's tokenizer: from its directory, else by its configured name (zoo models)."""
-    from ..errors import CheckpointError
 
     try:
         return load_tokenizer(str(base_path))
@@ -88,8 +98,6 @@ def run_merge(
 ) -> RunDir:
     """Run (or, with ``resume``, continue) the merge ``config`` describes; returns its run directory
     (the merged model is ``run.path / "model"``, the report ``run.path / "merge_report.json"``)."""
-    from .datasets import load_datasets
-    from .evaluate import Evaluator, StateCache, init_distributed
 
     missing = [d.path for d in config.datasets if not Path(d.path).is_file()]
     if missing:  # before the run directory exists: a typo must not leave a run to --overwrite
@@ -173,7 +181,6 @@ def _open(
     """The run directory and the pool. Under a multi-process launch the main process creates (or
     checks) the directory first and the others only read it; an error on the main process is
     raised on every rank (nobody waits forever)."""
-    from .pool import Pool
 
     path = config.output_dir
     run = None
@@ -205,7 +212,6 @@ def _open(
 
 
 def _last_metrics(report: dict[str, Any]) -> dict[str, Any]:
-    from .report import decisions
 
     metrics = report.get("base_metrics") or {}
     for d in decisions(report):

@@ -34,7 +34,9 @@ from typing import Any
 import torch
 
 from ..family import ParameterUnit
+from . import es as es_mod
 from .evaluate import any_process
+from .report import decisions
 from .select import degraded, select
 from .state import WorkingModel, unit_source
 
@@ -378,7 +380,6 @@ class MergeSearch:
 
         Each kind starts from the model's weight in fp32 (the master copy) and ends with the elite
         written back in the model's dtype; :func:`replay_decisions` repeats exactly that."""
-        from . import es as es_mod
 
         key = es_weight_key(self.working, unit)
         if key is None:
@@ -443,7 +444,6 @@ def replay_decisions(
     """Rebuild the working state from a report: base selection, every decision's winner, every
     recorded ES op (replayed in order, bit for bit). Returns the pre-selected pool (or None) and
     the metrics of the state reached (the last decision's)."""
-    from . import es as es_mod
 
     all_units = [u for u in working.units.values() if u.tied_to is None]
     base = report["base"]
@@ -482,7 +482,6 @@ def _replay_es(working: WorkingModel, ops: Sequence[Mapping[str, Any]], es_mod: 
 
 
 def _decisions(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    from .report import decisions
 
     return list(decisions(report))
 

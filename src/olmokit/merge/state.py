@@ -25,7 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
 from ..family import FamilyAdapter, ParameterUnit, get_adapter
+from .evaluate import StateCache
 
 __all__ = ["WorkingModel", "state_key", "unit_source"]
 
@@ -33,8 +35,6 @@ __all__ = ["WorkingModel", "state_key", "unit_source"]
 def state_key(overrides: Mapping[str, str]) -> str:
     """The evaluation-cache key of the ``{unit: source}`` overrides (units that differ from the
     base): :meth:`olmokit.merge.evaluate.StateCache.state_key`, order-independent."""
-    from .evaluate import StateCache
-
     return StateCache.state_key(overrides)
 
 
@@ -120,8 +120,6 @@ class WorkingModel:
         tensors = self.pool.unit_tensors(member, u)
         missing = [k for k in u.keys if k not in tensors]
         if missing:
-            from ..errors import CheckpointError
-
             raise CheckpointError(f"{_name(member)}: no tensor {missing[0]!r} for unit {u.name}")
         for key in u.keys:
             self._tensors[key].copy_(tensors[key])
