@@ -1,0 +1,124 @@
+"""A slow, obviously correct per-token memory: the oracle the chunked engine is tested against.
+
+It reads a :class:`~olmokit.memory.neural.NeuralMemory`'s parameters but shares none of its code (or
+the engine's): projections, convolution, gates, the memory MLP and the inner losses are written out
+again from their definitions, the inner gradient is taken by ``torch.autograd.grad`` (with
+``create_graph=True``, so outer gradients flow through it), and the update is applied token by token
+with the plain products (1-α), η — no log space, no closed form::
+
+    for each token t (chunk start c = t - t % b):
+        u_t = ∇_W ℓ(M(k_t; W_c), v_t);  s_t = (1 + ||u_t||²/clip²)^{-1/2}
+        S_t = η_t S_{t-1} - θ_t s_t u_t;  W_t = (1 - α_t) W_{t-1} + S_t;  y_t = M(q_t; W_t)
+
+Use it in float64 for parity tests and as the "per-token loop" of the speed benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["reference_forward", "reference_loss"]
+
+
+def reference_loss(
+    y: Tensor, v: Tensor, bias: str, huber_delta: float, lp_p: float, lp_eps: float
+) -> Tensor:
+    """The attentional bias ℓ(y, v) per row (sum over the rows is what autograd differentiates)."""
+    e = y - v
+    d = e.shape[-1]
+    if bias == "l2":
+        return (e**2).mean(-1)
+    if bias == "huber":
+        small = 0.5 * e**2
+        large = huber_delta * (e.abs() - 0.5 * huber_delta)
+        return torch.where(e.abs() <= huber_delta, small, large).sum(-1) * (2.0 / d)
+    if bias == "lp":
+        return ((e**2 + lp_eps) ** (lp_p / 2.0)).sum(-1) / d
+    raise ValueError(bias)
+
+
+def _mlp(x: Tensor, ws: list[Tensor], residual_norm: bool) -> Tensor:
+    h = x
+    for i, w in enumerate(ws):
+        h = torch.einsum("ni,nio->no", h, w)
+        if i < len(ws) - 1:
+            h = 0.5 * h * (1.0 + torch.erf(h / math.sqrt(2.0)))
+    if residual_norm:
+        mu = h.mean(-1, keepdim=True)
+        var = ((h - mu) ** 2).mean(-1, keepdim=True)
+        h = x + (h - mu) / torch.sqrt(var + 1e-5)
+    return h
+
+
+def _causal_conv(raw: Tensor, weight: Tensor) -> Tensor:
+    """out[t, c] = Σ_j weight[c, j] raw[t - (K-1) + j, c] (zero before the start)."""
+    kern = weight.shape[-1]
+    out = torch.zeros_like(raw)
+    for t in range(raw.shape[1]):
+        for j in range(kern):
+            src = t - (kern - 1) + j
+            if src >= 0:
+                out[:, t] = out[:, t] + weight[:, j] * raw[:, src]
+    return out
+
+
+def reference_forward(mem, x: Tensor, chunk_size: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Store and retrieve ``x`` [B, T, dim] from a fresh state, one token at a time.
+
+    Returns (y [B, T, dim], final weights, final momentum), weights as ``[B·heads, in, out]``.
+    """
+    c = mem.config
+    bsz, n_tok, _ = x.shape
+    h, d = c.heads, c.head_dim
+    x = x.to(mem.init_weights[0].dtype)
+    xn = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * mem.norm_weight
+    q = xn @ mem.to_q.weight.T
+    k = xn @ mem.to_k.weight.T
+    v = xn @ mem.to_v.weight.T
+    if c.conv_kernel > 0:
+        q = _causal_conv(q, mem.conv_q)
+        k = _causal_conv(k, mem.conv_k)
+        v = _causal_conv(v, mem.conv_v)
+    alpha = torch.sigmoid(xn @ mem.to_alpha.weight.T + mem.to_alpha.bias)  # [B, T, H]
+    eta = torch.sigmoid(xn @ mem.to_eta.weight.T + mem.to_eta.bias)
+    theta = torch.sigmoid(xn @ mem.to_theta.weight.T + mem.to_theta.bias) * c.max_lr
+
+    def per_head(t: Tensor) -> Tensor:  # [B, T, H*d] -> [B*H, T, d]
+        return t.reshape(bsz, n_tok, h, d).permute(0, 2, 1, 3).reshape(bsz * h, n_tok, d)
+
+    def unit(t: Tensor) -> Tensor:
+        return t / torch.sqrt((t**2).sum(-1, keepdim=True) + 1e-6)
+
+    q, k, v = unit(per_head(q)), unit(per_head(k)), per_head(v)
+    alpha, eta, theta = (g.permute(0, 2, 1).reshape(bsz * h, n_tok) for g in (alpha, eta, theta))
+
+    weights = [
+        w.unsqueeze(0).expand(bsz, *w.shape).reshape(bsz * h, *w.shape[1:])
+        for w in mem.init_weights
+    ]
+    momentum = [torch.zeros_like(w) for w in weights]
+    start = list(weights)
+    ys = []
+    for t in range(n_tok):
+        if t % chunk_size == 0:
+            start = list(weights)
+        loss = reference_loss(
+            _mlp(k[:, t], start, c.residual_norm), v[:, t], c.bias, c.huber_delta, c.lp_p, c.lp_eps
+        )
+        grads = torch.autograd.grad(loss.sum(), start, create_graph=True)
+        lr = theta[:, t]
+        if c.grad_clip:
+            sq = sum((g**2).sum((-2, -1)) for g in grads)
+            lr = lr / torch.sqrt(1.0 + sq / c.grad_clip**2)
+        momentum = [
+            eta[:, t, None, None] * s - lr[:, None, None] * g for s, g in zip(momentum, grads)
+        ]
+        weights = [(1 - alpha[:, t, None, None]) * w + s for w, s in zip(weights, momentum)]
+        ys.append(_mlp(q[:, t], weights, c.residual_norm))
+    y = torch.stack(ys, 1)  # [B*H, T, d]
+    y = y.reshape(bsz, h, n_tok, d).permute(0, 2, 1, 3).reshape(bsz, n_tok, h * d)
+    return F.linear(y, mem.to_out.weight), weights, momentum
