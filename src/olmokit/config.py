@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 import reprlib
+import types
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -28,7 +29,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from .errors import ConfigError
 from .files import atomic_write_text, read_text
 
-__all__ = ["OlmokitConfig", "apply_overrides", "read_yaml", "parse_yaml"]
+__all__ = [
+    "OlmokitConfig",
+    "apply_overrides",
+    "config_rows",
+    "config_table",
+    "parse_yaml",
+    "read_yaml",
+]
 
 C = TypeVar("C", bound="OlmokitConfig")
 
@@ -352,3 +360,60 @@ class OlmokitConfig(BaseModel):
             default = "" if field.is_required() else f" (default {field.default!r})"
             lines.append(f"  {field.alias or name}{default}: {field.description or ''}")
         return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ reference tables
+def _type_name(annotation: Any) -> str:
+    """A short, reader-facing spelling of a field's type (``int | None``, ``list[int]``)."""
+    origin = get_origin(annotation)
+    if origin is None:
+        if isinstance(annotation, type):
+            return annotation.__name__
+        return str(annotation).replace("typing.", "")
+    args = get_args(annotation)
+    if origin in (Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    name = getattr(origin, "__name__", str(origin).replace("typing.", ""))
+    return f"{name}[{', '.join('...' if a is Ellipsis else _type_name(a) for a in args)}]"
+
+
+def _default_text(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        try:
+            value = field.default_factory()
+        except TypeError:  # a factory that needs the validated data
+            return "computed"
+        if isinstance(value, BaseModel):
+            return "(section)"
+    else:
+        value = field.default
+    return "null" if value is None else repr(value)
+
+
+def config_rows(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """``(dotted key, type, default, description)`` for every setting of ``cls``, sub-sections
+    flattened into dotted keys, in declaration order — the source of the README's key tables, so the
+    documentation is generated from the types and cannot drift from them."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, field in cls.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(config_rows(ann, prefix=f"{key}."))
+            continue
+        description = " ".join((field.description or "").split())
+        rows.append((key, _type_name(ann), _default_text(field), description))
+    return rows
+
+
+def config_table(cls: type[BaseModel], prefix: str = "") -> str:
+    """:func:`config_rows` as a markdown table."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_name, default, description in config_rows(cls, prefix):
+        cells = [f"`{key}`", f"`{type_name}`", f"`{default}`", description]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
