@@ -37,6 +37,7 @@ names an OLMo submodule.
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -607,6 +608,46 @@ class FamilyAdapter:
         if isinstance(output, torch.Tensor):
             return new
         return (new, *output[1:])
+
+    @staticmethod
+    def attention_position_embeddings(
+        args: tuple, kwargs: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(cos, sin)`` rotary tables an attention module call received (hook view)."""
+        pe = kwargs.get("position_embeddings")
+        if pe is None and len(args) > 1:
+            pe = args[1]
+        if pe is None:
+            raise FamilyError("the attention call carries no position_embeddings")
+        return pe
+
+    @staticmethod
+    def call_attention(
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        cache: Any = None,
+    ) -> torch.Tensor:
+        """Run an attention module on ``hidden_states`` with an explicit ``[batch, 1, q, k]`` additive
+        mask (and optionally a private KV cache); returns its output hidden states. Tools use it to
+        attend over extra tokens (persistent or retrieved memory) with the module's own weights.
+        The cache keyword is ``cache`` in transformers >= 5.x, ``past_key_values`` before."""
+        kw: dict[str, Any] = {
+            "hidden_states": hidden_states,
+            "position_embeddings": position_embeddings,
+            "attention_mask": attention_mask,
+        }
+        if cache is not None:
+            kw[FamilyAdapter.cache_keyword(attn)] = cache
+        return FamilyAdapter.module_output(attn(**kw))
+
+    @staticmethod
+    def cache_keyword(module: nn.Module) -> str:
+        """The keyword a model/attention module takes its KV cache under: ``cache`` in
+        transformers >= 5.x (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+        params = inspect.signature(type(module).forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
 
     @staticmethod
     def attention_config(attn: nn.Module) -> Any:
