@@ -12,7 +12,8 @@ Memory (``peak_rss_ratio``): for each N in 2, 4, 8 a *fresh child process* impor
 its RSS high-water mark (``/proc/self/clear_refs`` ← 5) and reads its RSS as the baseline (after a
 warm-up forward of a tiny model of the same family, so lazy imports of the model classes and
 first-call allocations do not count as the pool's), then does
-what a merge's layer step does with olmokit: load the base as the one working model, and for every
+what a merge's layer step does with olmokit: load the base as the one working model (as
+``run_merge`` does: :func:`olmokit.merge.pool.load_working_model`, tensor by tensor), and for every
 decoder layer and the boundary units, for every other donor, snapshot the unit(s), copy the donor's
 tensors in lazily (``olmokit.merge.pool.Pool`` + ``olmokit.merge.state.WorkingModel``), evaluate,
 restore. Reported: ``(VmHWM − baseline) / bytes of one fp32 model``, and the same ratio right after
@@ -120,9 +121,10 @@ def _evaluate(model, samples) -> float:
 
 
 def _load_working(base: Path):
-    from olmokit.loading import load_model
+    """The working model as ``run_merge`` loads it (filled tensor by tensor from the lazy reader)."""
+    from olmokit.merge.pool import load_working_model
 
-    return load_model(base, dtype="float32")
+    return load_working_model(base, dtype="float32")
 
 
 def _layer_candidates(wm, layers, members):

@@ -13,8 +13,14 @@ from fuzz_support import forbid_network
 import olmokit.merge.pool as pool_mod
 from olmokit.errors import CheckpointError
 from olmokit.family import get_adapter
-from olmokit.loading import save_model
-from olmokit.merge.pool import LazyDonor, Pool, TensorIndex, resolve_model_dir
+from olmokit.loading import load_model, save_model
+from olmokit.merge.pool import (
+    LazyDonor,
+    Pool,
+    TensorIndex,
+    load_working_model,
+    resolve_model_dir,
+)
 from olmokit.zoo.presets import random_model
 from olmokit.zoo.registry import shipped_path
 
@@ -306,3 +312,66 @@ def test_random_zoo_seed_variants_are_distinct_models(tmp_path):
         resolve_model_dir("olmo2-stdlib@1", cache)
     with pytest.raises(CheckpointError, match="'@<seed>' variants"):
         resolve_model_dir("olmo2-tiny-random@x", cache)
+
+
+def _every_tensor(model):
+    out = dict(model.named_parameters(remove_duplicate=False))
+    out.update(model.named_buffers(remove_duplicate=False))  # rotary inv_freq included
+    return out
+
+
+@pytest.mark.parametrize("model_type", TOOL_FAMILIES["merge"])
+@pytest.mark.parametrize(
+    ("tied", "stored", "dtype"),
+    [
+        (False, torch.bfloat16, "float32"),
+        (True, torch.float32, "float32"),
+        (True, torch.float32, "bf16"),
+    ],
+)
+def test_working_model_equals_load_model_bit_for_bit(tmp_path, model_type, tied, stored, dtype):
+    """The merge's tensor-by-tensor loader gives what from_pretrained gives: every parameter and
+    buffer (non-persistent rotary inv_freq too) bit-equal with the same dtype, the same config and
+    generation config, the tie kept (one tensor), eval mode."""
+    model = random_model(model_type, "tiny", seed=4, tie_word_embeddings=tied)
+    path = save_model(model.to(stored), tmp_path / "m")
+    want, got = load_model(path, dtype=dtype), load_working_model(path, dtype=dtype)
+    a, b = _every_tensor(want), _every_tensor(got)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    assert any(k.endswith("inv_freq") for k in b)  # olmo3 names one per attention type
+    assert got.config.to_dict() == want.config.to_dict()
+    assert got.generation_config.to_dict() == want.generation_config.to_dict()
+    same = got.get_output_embeddings().weight is got.get_input_embeddings().weight
+    assert same is tied and not got.training
+    ids = torch.tensor([[5, 9, 13, 2, 7]])
+    assert torch.equal(want(ids).logits, got(ids).logits)
+
+
+def test_working_model_reads_one_tensor_at_a_time_and_unmaps(tmp_path, monkeypatch):
+    """No whole-file load: every tensor is read alone, and the file is unmapped (handle dropped)
+    after each one, so its pages never accumulate next to the model."""
+    path, _ = _save(tmp_path, "m")
+    spy = _SpyOpen()
+    monkeypatch.setattr(pool_mod, "safe_open", spy)
+    for name in ("load_file", "load", "safe_open"):
+        monkeypatch.setattr(safetensors.torch, name, _fail, raising=False)
+    load_working_model(path)
+    stored = TensorIndex.from_dir(path).keys()
+    assert sorted(spy.read) == sorted(stored) and len(spy.opened) == len(stored)
+
+
+def test_working_model_refuses_missing_and_extra_tensors(tmp_path):
+    path, model = _save(tmp_path, "m")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    key = "model.layers.0.mlp.up_proj.weight"
+    safetensors.torch.save_file(
+        {k: v for k, v in state.items() if k != key}, str(path / "model.safetensors")
+    )
+    with pytest.raises(CheckpointError, match="missing.*up_proj"):
+        load_working_model(path)
+    extra = dict(state, **{"model.layers.9.mlp.up_proj.weight": state[key].clone()})
+    safetensors.torch.save_file(extra, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="no place.*layers.9"):
+        load_working_model(path)

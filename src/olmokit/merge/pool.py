@@ -30,8 +30,16 @@ import torch
 from safetensors import safe_open
 
 from ..errors import CheckpointError
+from ..family import FamilyAdapter, get_adapter
 from ..files import read_text
-from ..loading import is_hub_id, load_model, load_tokenizer, resolve_dtype, save_model
+from ..loading import (
+    is_hub_id,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+    save_model,
+)
 from ..zoo.presets import random_model
 from ..zoo.registry import ZOO, is_zoo_name, shipped_path, zoo_entry
 
@@ -41,6 +49,7 @@ __all__ = [
     "PoolMember",
     "TensorIndex",
     "TensorInfo",
+    "load_working_model",
     "resolve_model_dir",
 ]
 
@@ -511,3 +520,92 @@ class Pool:
         for donor in self._open.values():
             donor.close()
         self._open.clear()
+
+
+# ---------------------------------------------------------------------------- the working model
+def load_working_model(
+    path: str | os.PathLike[str],
+    dtype: torch.dtype | str | None = "float32",
+    device: str | torch.device | None = "cpu",
+    index: TensorIndex | None = None,
+) -> torch.nn.Module:
+    """The model of directory ``path`` in eval mode, equal bit for bit to
+    ``olmokit.loading.load_model(path, dtype=dtype, device=device)`` but filled one tensor at a time.
+
+    Why not ``from_pretrained``: it keeps the checkpoint file mapped while it fills the model, so a
+    bf16 checkpoint loaded as fp32 briefly holds the whole file's pages *and* the model (1.5x one
+    model's bytes, the merge's peak). Here the model is built from its config with weight
+    initialisation skipped (``transformers.initialization.no_init_weights``: parameters are
+    allocated, not written, so their pages are not resident yet; buffers such as the rotary
+    ``inv_freq`` are computed by the modules' own ``__init__`` as usual), then every stored tensor is
+    read alone through :class:`LazyDonor` and copied in, the file being unmapped after each one. The
+    peak is the model plus one tensor. A tied ``lm_head`` is re-tied to the embedding (checkpoints
+    omit it); a tensor the model needs that the files lack, or a stored decoder tensor the model has
+    no place for, is a :class:`CheckpointError` (``load_model``'s rule).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    root = Path(path)
+    torch_dtype = _as_dtype(dtype) or torch.float32
+    try:
+        config = AutoConfig.from_pretrained(root)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{root / 'config.json'}: cannot load: {exc}") from None
+    FamilyAdapter.for_config(config)  # family + transformers-version gate, as load_model
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    model.tie_weights()
+    target = resolve_device(device)
+    if target is not None and torch.device(target) != torch.device("cpu"):
+        model = model.to(target)
+    donor = LazyDonor(root, index)
+    state = model.state_dict(keep_vars=True)
+    tied = _tied_keys(model, state)
+    stored = set(donor.keys())
+    missing = [k for k in state if k not in stored and k not in tied]
+    if missing:
+        raise CheckpointError(
+            f"{root}: {len(missing)} tensors are missing from the checkpoint: {missing[:8]}"
+        )
+    unused = [
+        k
+        for k in stored
+        if k not in state and k.startswith(("model.", "lm_head.")) and not k.endswith("inv_freq")
+    ]
+    if unused:
+        raise CheckpointError(
+            f"{root}: {len(unused)} tensors of the checkpoint have no place in the model its "
+            f"config.json describes (num_hidden_layers?): {unused[:8]}"
+        )
+    with torch.no_grad():
+        try:
+            for key, live in state.items():
+                if key in tied and key not in stored:
+                    continue  # the same tensor as the embedding, written through it
+                info = donor.index.tensors[key]
+                if info.shape != tuple(live.shape):
+                    raise CheckpointError(
+                        f"{root}: tensor {key!r} has shape {list(info.shape)}, its config.json "
+                        f"describes {list(live.shape)}"
+                    )
+                live.copy_(donor.get(key, device=live.device))
+                donor.close()  # unmap: the pages read so far leave RSS
+        finally:
+            donor.close()
+    get_adapter(model)
+    return model.eval()
+
+
+def _tied_keys(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> set[str]:
+    """State-dict keys whose tensor is another key's (a tied ``lm_head``): written once, through
+    the first key that names it."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for key, tensor in state.items():
+        ident = id(tensor)
+        if ident in seen:
+            tied.add(key)
+        else:
+            seen[ident] = key
+    return tied

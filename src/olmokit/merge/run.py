@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, DataError, OlmokitError, ReportError
-from ..loading import load_model, load_tokenizer, save_model
+from ..loading import load_tokenizer, save_model
 from ..runs import RunDir
 from .config import MergeConfig
 from .datasets import load_datasets
 from .evaluate import Evaluator, StateCache, init_distributed
-from .pool import Pool
+from .pool import Pool, load_working_model
 from .report import (
     REPORT_FILE,
     SCHEMA_VERSION,
@@ -121,7 +121,11 @@ def run_merge(
             return run
 
     initial = pool.member(config.base_model or config.models[0])
-    model = load_model(str(initial.path), dtype=config.dtype, device=config.device)
+    # filled tensor by tensor from the lazy reader: from_pretrained would hold the base's file
+    # mapped next to the model (1.5x one model for a bf16 base loaded as fp32)
+    model = load_working_model(
+        initial.path, dtype=config.dtype, device=config.device, index=initial.index
+    )
     working = WorkingModel(model, pool, base=initial.name)
     pool.check_architecture(working.adapter)
     if report is not None and report.get("initial_base") != initial.name:
