@@ -312,7 +312,12 @@ class NeuralMemory(nn.Module):
     def _out(self, y: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
         """[B·H, T, d] -> [B, T, dim] in the caller's dtype."""
         n = y.shape[1]
-        y = y.view(batch, self.config.heads, n, -1).transpose(1, 2).reshape(batch, n, -1)
+        inner = self.config.heads * self.config.head_dim
+        y = (
+            y.view(batch, self.config.heads, n, self.config.head_dim)
+            .transpose(1, 2)
+            .reshape(batch, n, inner)
+        )
         return F.linear(y, self.to_out.weight.to(y.dtype)).to(dtype)
 
     def _flush(self, state: MemoryState, chunk: int) -> MemoryState:

@@ -91,7 +91,8 @@ class MemoryState:
         return self._map(lambda t: t.to(device))
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Flat name → tensor dict (ints as 0-d int64 tensors), loadable with safetensors."""
+        """Flat name → tensor dict (ints as 0-d int64 tensors): detached contiguous copies that share
+        no storage, so ``safetensors.torch.save_file`` takes it as is."""
         out: dict[str, Tensor] = {}
         for i, t in enumerate(self.weights):
             out[f"weights.{i}"] = t.detach()
@@ -103,6 +104,7 @@ class MemoryState:
         if self.conv_q is not None:
             out["conv_q"] = self.conv_q.detach()
             out["conv_kv"] = self.conv_kv.detach()
+        out = {k: t.clone(memory_format=torch.contiguous_format) for k, t in out.items()}
         for name in ("position", "pending_chunk", "batch_size", "heads"):
             out[name] = torch.tensor(getattr(self, name), dtype=torch.int64)
         return out
