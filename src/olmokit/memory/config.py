@@ -230,7 +230,7 @@ class TrainingSection(OlmokitConfig):
     those in :attr:`OLMOKIT_ONLY`, which olmokit interprets (:meth:`derived_training_arguments`).
     """
 
-    OLMOKIT_ONLY: ClassVar[frozenset[str]] = frozenset({"save_steps"})
+    OLMOKIT_ONLY: ClassVar[frozenset[str]] = frozenset({"save_steps", "bf16"})
 
     output_dir: str = Field("runs/memory", description="the run directory")
     learning_rate: float = Field(1e-3, gt=0, description="for the memory parameters only")
