@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "olmokit.jola.cli",
     "olmokit.lens.cli",
     "olmokit.merge.cli",
+    "olmokit.memory.cli",
 ]
 
 
