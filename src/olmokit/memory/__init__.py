@@ -8,7 +8,7 @@
 * :mod:`.train` / :mod:`.run` — HF ``Trainer`` training and whole runs from a YAML config;
 * ``olmokit memory train|eval|generate`` — the CLI (:mod:`.cli`).
 
->>> mm = attach_memory(load_model("olmo2-stdlib"), MemorySettings(layers=[2], segment_len=64))
+>>> mm = attach_memory(load_model("olmo2-stdlib"), MemorySettings(memory_layers=[2], segment_len=64))
 >>> out = mm(input_ids, labels=input_ids)          # out.loss, out.logits, out.memory_state
 """
 

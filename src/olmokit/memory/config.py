@@ -3,7 +3,7 @@
 A memory run is one YAML file with four sections::
 
     model:     the frozen base (zoo model by default), device, dtype
-    memory:    layers, mode (mac | mag | mal), segment length, persistent tokens, the NeuralMemory
+    memory:    memory_layers, mode (mac | mag | mal), segment length, persistent tokens, the NeuralMemory
                sizes (heads, hidden, depth, attentional bias, ...), chunk sizes, truncated BPTT
     training:  Hugging Face ``Trainer`` settings (through ``olmokit.inject.training_arguments``)
     data:      long token sequences (the zoo corpus, or a JSONL file of token ids + labels)
@@ -63,7 +63,7 @@ class MemorySettings(OlmokitConfig):
     :class:`olmokit.memory.neural.NeuralMemoryConfig`; ``dim`` is the base's hidden size.
     """
 
-    layers: list[int] = Field(
+    memory_layers: list[int] = Field(
         default_factory=lambda: [1],
         description="decoder layers that get a memory (negative = from end)",
     )
@@ -133,10 +133,10 @@ class MemorySettings(OlmokitConfig):
 
     @model_validator(mode="after")
     def _check(self) -> MemorySettings:
-        if not self.layers:
-            raise ValueError("layers is empty; give at least one decoder layer index")
-        if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers has duplicates: {self.layers}")
+        if not self.memory_layers:
+            raise ValueError("memory_layers is empty; give at least one decoder layer index")
+        if len(set(self.memory_layers)) != len(self.memory_layers):
+            raise ValueError(f"memory_layers has duplicates: {self.memory_layers}")
         if self.write_source == "attention_output" and self.mode != "mac":
             raise ValueError(
                 "write_source 'attention_output' is only for mode mac (MAG/MAL memories read "
@@ -161,15 +161,17 @@ class MemorySettings(OlmokitConfig):
         """
         adapter = get_adapter(model_or_config)
         n = adapter.num_layers
-        bad = [i for i in self.layers if not -n <= i < n]
+        bad = [i for i in self.memory_layers if not -n <= i < n]
         if bad:
             raise ConfigError(
-                f"memory.layers {bad} out of range for a {n}-layer {adapter.spec.display_name} "
+                f"memory.memory_layers {bad} out of range for a {n}-layer {adapter.spec.display_name} "
                 f"model (valid: 0..{n - 1}, or -{n}..-1 from the end)"
             )
-        layers = sorted({i % n for i in self.layers})
-        if len(layers) != len(self.layers):
-            raise ConfigError(f"memory.layers {self.layers} name the same layer twice")
+        layers = sorted({i % n for i in self.memory_layers})
+        if len(layers) != len(self.memory_layers):
+            raise ConfigError(
+                f"memory.memory_layers {self.memory_layers} name the same layer twice"
+            )
         window = adapter.sliding_window if adapter.spec.has_sliding_window else None
         max_pos = getattr(adapter.config, "max_position_embeddings", None)
         seg = self.segment_len
@@ -200,7 +202,7 @@ class MemorySettings(OlmokitConfig):
                 )
         if self.source == "layer_input" and 0 in layers:
             raise ConfigError(
-                "memory.layers includes 0, whose input is the token embeddings: memory writes keyed "
+                "memory.memory_layers includes 0, whose input is the token embeddings: memory writes keyed "
                 "on embeddings stayed at chance in the issue's probe (they need the frozen base's "
                 "contextual hidden states); use a layer >= 1"
                 + (", or write_source: attention_output" if self.mode == "mac" else "")
@@ -217,7 +219,7 @@ class ResolvedMemory:
     """:class:`MemorySettings` checked against one base: concrete layers, segment length, widths."""
 
     settings: MemorySettings
-    layers: tuple[int, ...]
+    layer_indices: tuple[int, ...]
     segment_len: int
     hidden_size: int
     head_dim: int

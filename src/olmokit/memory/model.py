@@ -72,29 +72,29 @@ class MemoryModelState:
     """The memory of every memory layer after ``tokens`` tokens (a multiple of ``segment_len``
     between :meth:`MemoryModel.forward` calls)."""
 
-    layers: dict[int, MemoryState]
+    per_layer: dict[int, MemoryState]
     tokens: int = 0
 
     @property
     def batch_size(self) -> int:
-        return next(iter(self.layers.values())).batch_size
+        return next(iter(self.per_layer.values())).batch_size
 
     def detach(self) -> MemoryModelState:
         """Cut from the autograd graph (truncated backprop stops here)."""
-        return MemoryModelState({i: s.detach() for i, s in self.layers.items()}, self.tokens)
+        return MemoryModelState({i: s.detach() for i, s in self.per_layer.items()}, self.tokens)
 
     def to(self, device: torch.device | str) -> MemoryModelState:
-        return MemoryModelState({i: s.to(device) for i, s in self.layers.items()}, self.tokens)
+        return MemoryModelState({i: s.to(device) for i, s in self.per_layer.items()}, self.tokens)
 
     def permute(self, perm: torch.Tensor) -> MemoryModelState:
         """Example ``b`` gets the memory of example ``perm[b]`` (the shuffled-state control)."""
         return MemoryModelState(
-            {i: _permute_state(s, perm) for i, s in self.layers.items()}, self.tokens
+            {i: _permute_state(s, perm) for i, s in self.per_layer.items()}, self.tokens
         )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {"tokens": torch.tensor(self.tokens, dtype=torch.int64)}
-        for i, s in self.layers.items():
+        for i, s in self.per_layer.items():
             out.update({f"layers.{i}.{k}": v for k, v in s.state_dict().items()})
         return out
 
@@ -232,7 +232,7 @@ class MemoryModel(nn.Module):
         for i, m in self.memory_layers.items():
             rt = m.rt
             rt.managed, rt.chunk, rt.use_cache = True, chunk, use_cache
-            rt.state, rt.read_state = state.layers[i], None
+            rt.state, rt.read_state = state.per_layer[i], None
             rt.start_segment()
 
     def _collect(self, tokens: int) -> MemoryModelState:
@@ -522,7 +522,7 @@ def attach_memory(
             )
     injection = Injection(model, INJECTION_NAME)
     try:
-        for i in resolved.layers:
+        for i in resolved.layer_indices:
             layer = MemoryLayer(resolved, i, adapter)
             attn = model.get_submodule(adapter.module_path(i, "attn"))
             if settings.mode == "mal":
