@@ -41,6 +41,26 @@ def build():
     return load_model("olmo2-stdlib"), load_datasets(specs, tok)
 
 
+def suffix_scores(evaluator, model) -> dict:
+    """A layer-1 candidate scored twice with the focus on layer 1 (the first pass captures the
+    prefix, the second replays it), then undone: the per-sample scores and the replayed passes."""
+    from olmokit.family import get_adapter
+
+    evaluator.set_focus(1)
+    weight = next(p for p in get_adapter(model).layer(1).parameters() if p.dim() == 2)
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.mul_(1.25)
+    try:
+        first, second = evaluator.sample_scores(), evaluator.sample_scores()
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+        evaluator.set_focus(None)
+    prefix = evaluator.prefix
+    return {"scores": [first, second], "passes": prefix.suffix_passes if prefix else 0}
+
+
 def _worker(rank: int, size: int, out: str) -> None:
     import olmokit.merge.evaluate as ev
 
@@ -68,6 +88,7 @@ def _worker(rank: int, size: int, out: str) -> None:
             "means": evaluator.evaluate(),
             "world": list(ev.world()),
             "batches_scored": len(scored) // 2,  # two calls above
+            "suffix": suffix_scores(evaluator, model),
             "pool_fingerprint": fingerprint,
             # a flag only rank 1 raises (its clock ran out, say) is every rank's decision
             "any_process": [ev.any_process(rank == 1), ev.any_process(False)],

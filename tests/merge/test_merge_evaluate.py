@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from merge_eval_worker import BATCH_SIZE, build
+from merge_eval_worker import BATCH_SIZE, build, suffix_scores
 
 from olmokit.eval.merge_metrics import merge_metric
 from olmokit.merge.datasets import EvalSet
@@ -106,10 +106,12 @@ def test_evaluator_validates_its_inputs(model_and_sets):
 
 def test_two_processes_equal_one_process(model_and_sets, tmp_path):
     """2 CPU processes (gloo) give the very per-sample scores and means of 1 process, and each
-    process scored only its share of the batches."""
+    process scored only its share of the batches; with the prefix cache replaying layer 0 too
+    (compared against one process's full forwards)."""
     model, sets = model_and_sets
     single = Evaluator(model, sets, batch_size=BATCH_SIZE)
     scores, means = single.sample_scores(), single.evaluate()
+    full = suffix_scores(Evaluator(model, sets, batch_size=BATCH_SIZE, prefix_cache=False), model)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run(
         [sys.executable, str(WORKER), str(tmp_path), "2"],
@@ -134,6 +136,10 @@ def test_two_processes_equal_one_process(model_and_sets, tmp_path):
         assert r["scores"] == scores  # bit-identical per-sample scores
         assert r["means"] == means  # and means
         assert r["any_process"] == [True, False]  # the ES time-budget decision is shared
+        assert r["suffix"]["scores"] == [full["scores"][0]] * 2  # captured, then replayed
+    # each rank replayed its teacher-forced batches (bigram 5 and nll 3 samples, 2 per batch)
+    assert [r["suffix"]["passes"] for r in results] == [3, 2]
+    assert full["scores"][0] != scores  # the layer-1 candidate does score differently
 
 
 def test_state_key_is_order_independent_and_drops_base_units():

@@ -25,6 +25,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from torch import nn
 from ..eval.merge_metrics import merge_metric
 from ..eval.modes import eval_mode
 from .datasets import EvalSet
+from .prefix import TEACHER_FORCED_MODES, PrefixCache
 
 __all__ = [
     "Evaluator",
@@ -97,7 +99,11 @@ class Evaluator:
 
     ``distributed``: ``None`` (default) splits across processes when a ``torch.distributed`` group
     with more than one process is initialised; ``False`` always scores everything locally.
-    ``tokenizer`` defaults to the one each eval set was built with.
+    ``tokenizer`` defaults to the one each eval set was built with. ``prefix_cache`` (default on):
+    teacher-forced metrics (``bigram_loss``, ``nll``) reuse the hidden states entering the layer
+    set by :meth:`set_focus`, so a candidate that differs from the current state only from that
+    layer on runs only the layers above it; scores are bit-identical either way
+    (:mod:`olmokit.merge.prefix` says what is cached and when it is invalidated).
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class Evaluator:
         batch_size: int = 8,
         distributed: bool | None = None,
         tokenizer: Any = None,
+        prefix_cache: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -119,12 +126,21 @@ class Evaluator:
         self.distributed = distributed
         self.tokenizer = tokenizer
         self.plans = [plan_batches(e, batch_size) for e in self.evalsets]
+        self.prefix = PrefixCache(model) if prefix_cache else None
         self.evaluations = 0  #: completed :meth:`evaluate` calls
         self.seconds = 0.0  #: time spent in them
 
     @property
     def names(self) -> list[str]:
         return [e.name for e in self.evalsets]
+
+    def set_focus(self, layer: int | None) -> None:
+        """The first decoder layer the coming evaluations' states may differ in from each other
+        (``None``/0: anything, e.g. the embedding; ``num_layers``: only the final norm/lm_head).
+        Only where passes are captured depends on it: a state that differs below it is still
+        scored right (its stale prefix is recomputed)."""
+        if self.prefix is not None:
+            self.prefix.set_focus(layer)
 
     def _split(self) -> tuple[int, int]:
         rank, size = world()
@@ -137,16 +153,21 @@ class Evaluator:
         rank, size = self._split()
         start = time.perf_counter()
         vectors, counts = [], []
-        with torch.no_grad(), eval_mode(self.model):
-            for evalset, plan in zip(self.evalsets, self.plans):
+        prefix = self.prefix
+        with torch.no_grad(), eval_mode(self.model), _begin(prefix):
+            for set_index, (evalset, plan) in enumerate(zip(self.evalsets, self.plans)):
+                cached = prefix is not None and evalset.mode in TEACHER_FORCED_MODES
                 tok = self.tokenizer if self.tokenizer is not None else evalset.tokenizer
                 vec = torch.zeros(len(evalset), dtype=torch.float64)
                 count = 0
-                for batch in plan[rank::size]:
+                for batch_index in range(rank, len(plan), size):
+                    batch = plan[batch_index]
                     chunk = [evalset.samples[i] for i in batch]
-                    scores = merge_metric(
-                        evalset.mode, self.model, tok, chunk, len(chunk), **evalset.options
-                    )
+                    # one teacher-forced forward per call (batch_size = len(chunk))
+                    with prefix.pass_for((set_index, batch_index)) if cached else nullcontext():
+                        scores = merge_metric(
+                            evalset.mode, self.model, tok, chunk, len(chunk), **evalset.options
+                        )
                     vec[batch] = torch.tensor(scores, dtype=torch.float64)
                     count += len(batch)
                 vectors.append(vec)
@@ -179,6 +200,10 @@ class Evaluator:
         }
         self.evaluations += 1
         return means
+
+
+def _begin(prefix: PrefixCache | None) -> Any:
+    return prefix.begin() if prefix is not None else nullcontext()
 
 
 class StateCache:

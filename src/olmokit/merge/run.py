@@ -159,6 +159,7 @@ def run_merge(
         save=save,
         members=members,
         progress=progress and main,
+        focus=evaluator.set_focus,
     )
     if not report.get("base_metrics"):
         report["base_metrics"] = search.base_metrics()

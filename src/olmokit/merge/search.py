@@ -98,6 +98,7 @@ class MergeSearch:
         save: Callable[[], None],
         members: Sequence[str],
         progress: bool = True,
+        focus: Callable[[int | None], None] | None = None,
     ):
         self.working = working
         self.config = config
@@ -110,6 +111,8 @@ class MergeSearch:
         self.datasets = list(config.dataset_names)
         self.current: Metrics = dict(report.get("base_metrics") or {})
         self._bar: Any = None
+        #: tells the evaluator the first layer a step's candidates differ in (its prefix cache)
+        self._focus = focus or (lambda layer: None)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> Metrics:
@@ -153,6 +156,19 @@ class MergeSearch:
             )
         return units
 
+    def first_layer(self, units: Sequence[ParameterUnit]) -> int:
+        """The first decoder layer a step over ``units`` can change: a layer unit's own layer,
+        ``num_layers`` for the final norm and an untied lm_head (only they run above the last
+        layer), 0 for the embedding and anything else (the whole model)."""
+        n = self.working.num_layers
+        starts = [
+            u.layer
+            if u.layer is not None
+            else (n if u.role in ("final_norm", "lm_head") and u.tied_to is None else 0)
+            for u in units
+        ]
+        return min(starts, default=0)
+
     def pending(self) -> list[tuple[str, Any]]:
         """The steps still to do, in order: ("base"|"preselect"|"boundary"|"layer"|"unit", target)."""
         c, r = self.config, self.report
@@ -176,6 +192,7 @@ class MergeSearch:
         try:
             for kind, target in steps:
                 bar.set_postfix_str(f"{kind} {target.name if kind == 'unit' else target or ''}")
+                self._focus(None)  # whole-model steps; step() narrows it
                 if kind == "base":
                     self.select_base()
                 elif kind == "preselect":
@@ -288,6 +305,7 @@ class MergeSearch:
         if not self.current:
             self.current = self.base_metrics()
             self.report["base_metrics"] = dict(self.current)
+        self._focus(self.first_layer(units))
         sources = {w.source(u) for u in units}
         current_name = sources.pop() if len(sources) == 1 else "current"
         # the current state is a candidate: its metrics are known (the cache has them, or, right
