@@ -36,11 +36,12 @@ names an OLMo submodule.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -672,6 +673,31 @@ class FamilyAdapter:
         if disable_clip_qkv:
             object.__setattr__(cfg, "clip_qkv", None)
         return cfg
+
+    @contextlib.contextmanager
+    def bypass_layers(self, indices: Iterable[int]) -> Iterator[None]:
+        """While open, the given decoder layers return their hidden-state input unchanged and fire none
+        of their own torch hooks.
+
+        The lens starts a forward at a later block from a given residual (TransformerLens's
+        ``start_at_layer``) by feeding it as ``inputs_embeds`` and bypassing the earlier blocks; HF
+        still builds the masks and RoPE of the remaining blocks, so they compute exactly as usual.
+        """
+        layers = [self.layer(i) for i in indices]
+        saved = []
+        for layer in layers:
+            saved.append((layer, layer._forward_hooks, layer._forward_pre_hooks))
+            layer._forward_hooks, layer._forward_pre_hooks = (
+                type(layer._forward_hooks)(),
+                type(layer._forward_pre_hooks)(),
+            )
+            layer.forward = lambda *args, **kwargs: FamilyAdapter.module_input(args, kwargs)
+        try:
+            yield
+        finally:
+            for layer, hooks, pre_hooks in saved:
+                del layer.forward
+                layer._forward_hooks, layer._forward_pre_hooks = hooks, pre_hooks
 
     def attn_implementation(self, config: Any = None) -> str:
         """The attention kernel name a config selects (``"sdpa"``, ``"eager"``, ...)."""

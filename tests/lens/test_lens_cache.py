@@ -31,7 +31,9 @@ def test_accumulated_resid_logit_lens_ends_at_logits(hooked, tokens):
     assert labels[0] == "0_pre" and labels[-1] == "final_post" and len(labels) == n + 1
     assert torch.equal(hooked.adapter.lm_head()(stack[-1]), logits)
     mids, mid_labels = cache.accumulated_resid(layer=1, incl_mid=True, return_labels=True)
-    assert mid_labels == ["0_pre", "0_mid"] and torch.equal(mids[1], cache["resid_mid", 0])
+    # TransformerLens's meaning: up to and including resid_pre of `layer` itself
+    assert mid_labels == ["0_pre", "0_mid", "1_pre"] and torch.equal(mids[1], cache["resid_mid", 0])
+    assert torch.equal(mids[2], cache["resid_pre", 1])
 
 
 def test_decompose_resid_sums_to_residual(hooked, tokens):

@@ -274,7 +274,10 @@ def test_empty_prompt_is_a_config_error(text, zoo_tokenizer):
         hooked.to_tokens(text)
     with pytest.raises(ConfigError, match="empty prompt"):
         logit_lens(hooked, text)
-    assert hooked.to_tokens(" ").shape == (1, 1)  # whitespace is a prompt
+    assert hooked.to_tokens(" ", prepend_bos=False).shape == (1, 1)  # whitespace is a prompt
+    # TL's default: a BOS in front (OLMo's tokenizer has none, so EOS stands in for it)
+    with_bos = hooked.to_tokens(" ")
+    assert with_bos.shape == (1, 2) and int(with_bos[0, 0]) == zoo_tokenizer.eos_token_id
 
 
 def test_w_u_is_the_unembedding(hooked):

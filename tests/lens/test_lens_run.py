@@ -29,6 +29,11 @@ TINY = Path(__file__).resolve().parents[2] / "configs" / "lens" / "tiny.yaml"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def _ids(model, text: str) -> torch.Tensor:
+    """A prompt as the lens run reads YAML prompts: as written, no BOS."""
+    return model.to_tokens(text, prepend_bos=False)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     config = LensConfig.from_yaml(TINY, [f"output_dir={tmp_path_factory.mktemp('lens') / 'run'}"])
@@ -65,7 +70,7 @@ def test_summary_lists_every_job_and_its_files(tiny_run):
     summary = _load(run, "summary")
     assert [j["name"] for j in summary["jobs"]] == config.job_names()
     assert [j["kind"] for j in summary["jobs"]] == [job.kind for job in config.jobs]
-    assert summary["cfg"] == model.cfg and summary["model"] == "zoo:olmo2-tiny-random"
+    assert summary["cfg"] == model.cfg.to_dict() and summary["model"] == "zoo:olmo2-tiny-random"
     listed = {f for j in summary["jobs"] for f in j["files"]}
     on_disk = {p.name for p in run.path.glob("*.png")}
     assert listed == on_disk and len(on_disk) == 1 + 5 + 1 + 2 + 1 + 1
@@ -77,20 +82,22 @@ def test_summary_lists_every_job_and_its_files(tiny_run):
 def test_logit_lens_job_matches_the_library(tiny_run):
     _, model, run = tiny_run
     saved = _load(run, "logit_lens")
-    direct = logit_lens(model, "def main():\n    return", k=3)
+    direct = logit_lens(model, _ids(model, "def main():\n    return"), k=3)
     assert saved["labels"] == direct.labels == ["0_pre", "1_pre", "final_post"]
     _same(saved["top_ids"], direct.top_ids)
     _same(saved["top_probs"], direct.top_probs)
     assert saved["target_probs"][0][:-1] == direct.target_probs[0, :-1].tolist()
     assert saved["target_probs"][0][-1] is None  # no next token: NaN in torch, null in JSON
     # the last row is the model's own prediction
-    assert saved["top_ids"][-1][-1][0] == int(model("def main():\n    return")[0, -1].argmax())
+    assert saved["top_ids"][-1][-1][0] == int(
+        model(_ids(model, "def main():\n    return"))[0, -1].argmax()
+    )
 
 
 def test_patching_job_matches_the_library(tiny_run):
     _, model, run = tiny_run
     saved = _load(run, "patch")
-    clean, corrupted = model.to_tokens("def __init__(self"), model.to_tokens("def __repr__(self")
+    clean, corrupted = _ids(model, "def __init__(self"), _ids(model, "def __repr__(self")
     answer, wrong = saved["answer"]["id"], saved["wrong"]["id"]
     assert (saved["answer"]["text"], saved["wrong"]["text"]) == (",", ")")
     metric = logit_diff_metric(answer, wrong)
@@ -118,9 +125,9 @@ def test_attribution_job_matches_the_library(tiny_run):
     _, model, run = tiny_run
     saved = _load(run, "attribution")
     prompt = "import os\nos.path."
-    answer = int(model(prompt)[0, -1].argmax())
+    answer = int(model(_ids(model, prompt))[0, -1].argmax())
     assert saved["answer"]["id"] == answer and saved["wrong"] is None
-    direct = direct_logit_attribution(model, prompt, answer)
+    direct = direct_logit_attribution(model, _ids(model, prompt), answer)
     assert saved["labels"] == direct.labels
     _same(saved["values"], direct.values[:, 0])
     assert saved["total"] == float(direct.total[0])
@@ -154,7 +161,7 @@ def test_head_score_and_pattern_jobs_match_the_library(tiny_run):
     fixed = _load(run, "pattern_prompt")
     assert (fixed["layer"], fixed["head"], fixed["chosen_by"]) == (1, 0, "config")
     pattern = torch.tensor(fixed["pattern"])
-    assert fixed["tokens"] == model.to_str_tokens("for i in range(10):")
+    assert fixed["tokens"] == model.to_str_tokens("for i in range(10):", prepend_bos=False)
     torch.testing.assert_close(pattern.sum(-1), torch.ones(len(fixed["tokens"])))
     assert torch.equal(
         pattern.triu(1), torch.zeros_like(pattern)

@@ -79,7 +79,9 @@ def direct_logit_attribution(
     stack = torch.cat(parts)[:, :, pos]  # [n, batch, d_model]
     scale = cache.final_scale()[:, pos]
     normed = _apply_final(model, stack, scale)
-    values = cache.logit_attrs(normed, answer_t, wrong_t).float()
+    w_u = adapter.lm_head().weight  # [d_vocab, d_model]
+    direction = w_u[answer_t] - (w_u[wrong_t] if wrong_t is not None else 0)
+    values = (normed * direction.to(normed.dtype)).sum(-1).float()
     rows = torch.arange(batch, device=tokens.device)
     total = logits[rows, pos, answer_t] - (logits[rows, pos, wrong_t] if wrong_t is not None else 0)
     return DLAResult(labels, values, total.float())

@@ -61,25 +61,53 @@ class HookPoint(nn.Module):
     so the owner can wire or unwire the matching site in the HF model.
     """
 
-    def __init__(self, name: str, on_change: Callable[[HookPoint], None] | None = None):
+    def __init__(
+        self, name: str | None = None, on_change: Callable[[HookPoint], None] | None = None
+    ):
         super().__init__()
         self.name = name
         self._on_change = on_change
         self.fwd_hooks: list[LensHandle] = []
         self.bwd_hooks: list[LensHandle] = []
+        #: scratch space hooks may share across calls (TL's ``hook.ctx``); ``clear_context`` empties it
+        self.ctx: dict[Any, Any] = {}
+
+    def layer(self) -> int:
+        """The block index in the name (``blocks.3.attn.hook_z`` -> 3); an error for global hooks."""
+        parts = (self.name or "").split(".")
+        if len(parts) < 2 or parts[0] != "blocks":
+            raise ValueError(f"hook point {self.name!r} is not inside a block")
+        return int(parts[1])
+
+    def clear_context(self) -> None:
+        self.ctx = {}
+
+    def add_perma_hook(self, fn: HookFn, dir: str = "fwd") -> LensHandle:
+        """A hook that survives ``reset_hooks()`` (TL's permanent hooks)."""
+        return self.add_hook(fn, dir=dir, is_permanent=True)
 
     @property
     def has_hooks(self) -> bool:
         return bool(self.fwd_hooks or self.bwd_hooks)
 
     def add_hook(
-        self, fn: HookFn, dir: str = "fwd", is_permanent: bool = False, level: int | None = None
+        self,
+        fn: HookFn,
+        dir: str = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
     ) -> LensHandle:
+        """Attach ``fn(tensor, hook=self)``; ``prepend`` runs it before the hooks already attached."""
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         was_idle = not self.has_hooks
         handle = LensHandle(self, fn, dir, is_permanent, level)
-        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(handle)
+        hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
+        if prepend:
+            hooks.insert(0, handle)
+        else:
+            hooks.append(handle)
         if was_idle and self._on_change is not None:
             self._on_change(self)
         return handle

@@ -120,7 +120,7 @@ def run_lens(
                 "headline": result["headline"],
             }
         )
-    summary = {"model": config.model.name, "cfg": hooked.cfg, "jobs": entries}
+    summary = {"model": config.model.name, "cfg": hooked.cfg.to_dict(), "jobs": entries}
     run.write_json(SUMMARY_FILE, summary)
     return run
 
@@ -151,7 +151,9 @@ def run_job(model: HookedOlmo, job: Any, run: RunDir, name: str) -> dict[str, An
 def _tokens(model: HookedOlmo, text: str, what: str) -> torch.Tensor:
     if model.tokenizer is None:
         raise ConfigError(f"{what}: this model has no tokenizer, so text prompts cannot be used")
-    tokens = model.to_tokens(text)
+    # YAML prompts are read as written, no BOS (the job's positions and default answer tokens refer
+    # to the prompt's own tokens); Python callers get TransformerLens's BOS default
+    tokens = model.to_tokens(text, prepend_bos=False)
     if tokens.shape[-1] == 0:
         raise ConfigError(f"{what} {text!r} tokenizes to zero tokens")
     return tokens

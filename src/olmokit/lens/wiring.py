@@ -37,6 +37,7 @@ from ..errors import OlmokitError
 from ..family import FamilyAdapter, NormSite
 from .hook_points import HookPoint
 from .norms import apply_norm_with_scale, norm_scale
+from .weights import AttnWeights
 
 __all__ = ["LENS_ATTN_IMPL", "Wiring", "ATTENTION_SITES"]
 
@@ -369,6 +370,16 @@ class Wiring:
                 self._refresh_attention(i)
 
             return [remove]
+        if short == "attn.hook_result":
+            return [self._tap(mod(adapter.o_proj, i), "post", 20, self._result_cb(hp, i))]
+        if short in ("hook_q_input", "hook_k_input", "hook_v_input"):
+            which = short[5]
+            proj = {"q": adapter.q_proj, "k": adapter.k_proj, "v": adapter.v_proj}[which]
+            # before the clip_qkv clamp (priority 0): the clamp applies to the recomputed output
+            return [self._tap(mod(proj, i), "post", -10, self._split_input_cb(hp, i, which))]
+        if short == "hook_mlp_in":
+            module = mod(adapter.mlp, i) if post else mod(adapter.norm, i, NormSite.MLP_INPUT)
+            return [self._tap(module, "pre", 20, self._in_cb(hp))]
         if short == "hook_resid_pre":
             return [self._tap(mod(adapter.layer, i), "pre", 10, self._in_cb(hp))]
         if short == "hook_resid_post":
@@ -445,6 +456,43 @@ class Wiring:
             if new is view:
                 return None
             return _with_first(args, kwargs, new.reshape(*flat.shape))
+
+        return cb
+
+    def _result_cb(self, hp: HookPoint, i: int) -> Callable:
+        """Per-head outputs ``z_h @ W_O[h]``; an edit replaces o_proj's output by their sum (+ bias)."""
+        weights = AttnWeights(self.adapter, i)
+        n_heads, d_head = self.adapter.num_heads, self.adapter.head_dim
+
+        def cb(args, kwargs, output):
+            z = _first(args, kwargs)
+            w_o = weights.W_O
+            result = torch.einsum(
+                "...hd,hdm->...hm", z.view(*z.shape[:-1], n_heads, d_head), w_o.to(z.dtype)
+            )
+            new = hp(result)
+            if new is result:
+                return None
+            out = new.sum(-2)
+            bias = self._mod(self.adapter.o_proj, i).bias
+            return out + bias if bias is not None else out
+
+        return cb
+
+    def _split_input_cb(self, hp: HookPoint, i: int, which: str) -> Callable:
+        """A per-head copy of a projection's input; an edit recomputes each head from its own copy."""
+        weights = AttnWeights(self.adapter, i)
+
+        def cb(args, kwargs, output):
+            x = _first(args, kwargs)
+            w = {"q": weights.W_Q, "k": weights._W_K, "v": weights._W_V}[which]
+            view = x.unsqueeze(-2).expand(*x.shape[:-1], w.shape[0], x.shape[-1])
+            new = hp(view)
+            if new is view:
+                return None
+            b = {"q": weights.b_Q, "k": weights._b_K, "v": weights._b_V}[which]
+            heads = torch.einsum("...hm,hmd->...hd", new, w.to(new.dtype)) + b.to(new.dtype)
+            return heads.flatten(-2)
 
         return cb
 
