@@ -31,12 +31,13 @@ FAMILY_MODELS = {
 #: The trained zoo model per generation (its predictions are peaked, unlike a random model's).
 TRAINED_MODELS = {"olmo": "olmo-stdlib-tiny", "olmo2": "olmo2-stdlib", "olmo3": "olmo3-stdlib-tiny"}
 
-#: Which generations each tool is tested on. Memory joins with its package.
+#: Which generations each tool is tested on.
 TOOL_FAMILIES: dict[str, tuple[str, ...]] = {
     "eval": FAMILIES,
     "jola": FAMILIES,
     "lens": FAMILIES,
     "merge": FAMILIES,
+    "memory": FAMILIES,
 }
 
 

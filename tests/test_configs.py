@@ -17,6 +17,7 @@ CONFIG_CLASSES = {
     "jola": "olmokit.jola.config:JoLAConfig",
     "lens": "olmokit.lens.config:LensConfig",
     "merge": "olmokit.merge.config:MergeConfig",
+    "memory": "olmokit.memory.config:MemoryConfig",
 }
 
 

@@ -1,0 +1,120 @@
+"""MemoryConfig: strict keys, and every check against a base names the key to change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import Olmo2Config, Olmo3Config
+
+from olmokit.errors import ConfigError
+from olmokit.memory import MemoryConfig, MemorySettings
+from olmokit.zoo.presets import random_model
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "memory"
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match="memory_layers"):
+        MemoryConfig.from_dict({"memory": {"layer": [1]}})
+
+
+def test_duplicate_and_empty_layers_refused():
+    with pytest.raises(ConfigError, match="duplicates"):
+        MemorySettings.from_dict({"memory_layers": [1, 1]})
+    with pytest.raises(ConfigError, match="empty"):
+        MemoryConfig.from_dict({"memory": {"memory_layers": []}})
+
+
+def test_attention_output_source_is_mac_only():
+    with pytest.raises(ConfigError, match="only for mode mac"):
+        MemoryConfig.from_dict({"memory": {"mode": "mag", "write_source": "attention_output"}})
+    assert MemorySettings(mode="mac").source == "attention_output"
+    assert MemorySettings(mode="mal").source == "layer_input"
+
+
+@pytest.mark.parametrize("family", ["olmo", "olmo2", "olmo3"])
+def test_layer_out_of_range(family):
+    model = random_model(family, "tiny", seed=0)
+    n = model.config.num_hidden_layers
+    seg = {"segment_len": 8, "chunk_train": 4, "chunk_prefill": 4}
+    with pytest.raises(ConfigError, match=rf"\[{n}\] out of range for a {n}-layer .* 0\.\.{n - 1}"):
+        MemorySettings(memory_layers=[n], **seg).resolve(model)
+    # negative indices count from the end
+    assert MemorySettings(memory_layers=[-1], **seg).resolve(model).layer_indices == (n - 1,)
+    with pytest.raises(ConfigError, match="same layer twice"):
+        MemorySettings(memory_layers=[1, 1 - n], **seg).resolve(model)
+
+
+def test_segment_len_defaults_to_sliding_window_on_olmo3_and_is_required_otherwise():
+    olmo3 = random_model("olmo3", "tiny", seed=0)
+    assert MemorySettings(chunk_train=4, chunk_prefill=4).resolve(olmo3).segment_len == 8
+    with pytest.raises(ConfigError, match="exceeds the base's sliding window 8"):
+        MemorySettings(segment_len=16, chunk_train=4, chunk_prefill=4).resolve(olmo3)
+    for family, name in (("olmo2", "OLMo-2"), ("olmo", "OLMo v1")):
+        model = random_model(family, "tiny", seed=0)
+        with pytest.raises(ConfigError, match=f"segment_len is required for {name}"):
+            MemorySettings().resolve(model)
+        assert MemorySettings(segment_len=32).resolve(model).segment_len == 32
+    too_long = MemorySettings(segment_len=2 * olmo3.config.max_position_embeddings)
+    with pytest.raises(ConfigError):
+        too_long.resolve(random_model("olmo2", "tiny", seed=0))
+
+
+@pytest.mark.parametrize("key", ["chunk_train", "chunk_prefill", "chunk_decode"])
+def test_chunk_must_divide_segment(key):
+    model = random_model("olmo2", "tiny", seed=0)
+    with pytest.raises(ConfigError, match=rf"memory.{key} = 12 does not fit .* divisors of 32"):
+        MemorySettings(segment_len=32, **{key: 12}).resolve(model)
+    with pytest.raises(ConfigError, match=rf"memory.{key} = 64"):
+        MemorySettings(segment_len=32, **{key: 64}).resolve(model)
+
+
+def test_embedding_writes_refused_at_layer_0():
+    model = random_model("olmo2", "tiny", seed=0)
+    with pytest.raises(ConfigError, match="token embeddings"):
+        MemorySettings(memory_layers=[0], segment_len=16).resolve(model)
+    # MAC storing its attention output reads contextual states even at layer 0
+    r = MemorySettings(memory_layers=[0], mode="mac", segment_len=16).resolve(model)
+    assert r.layer_indices == (0,)
+
+
+def test_head_dim_default_and_engine_kwargs():
+    model = random_model("olmo2", "tiny", seed=0)  # hidden 64
+    r = MemorySettings(segment_len=8, heads=4, chunk_train=4, chunk_prefill=4).resolve(model)
+    assert (r.hidden_size, r.head_dim) == (64, 16)
+    kw = MemorySettings(heads=2, hidden=7).engine_kwargs()
+    assert kw["heads"] == 2 and kw["hidden"] == 7 and "init_seed" not in kw
+
+
+def test_training_section_maps_onto_training_arguments(tmp_path):
+    from olmokit.memory.train import training_arguments
+
+    cfg = MemoryConfig.from_dict(
+        {"training": {"learning_rate": 0.01, "save_steps": 7, "bf16": True, "max_steps": 3}}
+    )
+    args = training_arguments(cfg.training, tmp_path, use_cpu=True)
+    assert args.learning_rate == 0.01 and args.max_steps == 3
+    assert args.save_strategy == "steps" and args.save_steps == 7
+    assert args.bf16 is False  # bf16 means a bfloat16 base, not autocast over the fp32 memory
+    assert cfg.base_dtype() == "bfloat16"
+    none = MemoryConfig.from_dict({"training": {"save_steps": None}})
+    assert training_arguments(none.training, tmp_path, use_cpu=True).save_strategy == "no"
+
+
+def test_example_configs_fit_their_bases():
+    """The OLMo-2-1B and OLMo-3-7B examples pass every check against their real architectures."""
+    olmo2_1b = Olmo2Config(
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        intermediate_size=8192,
+        max_position_embeddings=4096,
+    )
+    olmo3_7b = Olmo3Config(max_position_embeddings=65536)  # 32 layers, width 4096, window 4096
+    r2 = MemoryConfig.from_yaml(CONFIGS / "olmo2-1b.yaml").memory.resolve(olmo2_1b)
+    assert (r2.segment_len, r2.layer_indices, r2.head_dim) == (2048, (4, 8, 12), 128)
+    r3 = MemoryConfig.from_yaml(CONFIGS / "olmo3-7b.yaml").memory.resolve(olmo3_7b)
+    assert (r3.segment_len, r3.layer_indices, r3.head_dim) == (4096, (8, 16, 24), 256)
+    tiny = MemoryConfig.from_yaml(CONFIGS / "tiny.yaml")
+    assert tiny.model.name == "olmo2-stdlib" and tiny.data.seq_len == 4 * tiny.memory.segment_len
