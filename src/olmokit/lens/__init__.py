@@ -19,6 +19,7 @@ from .hook_points import HookPoint, LensHandle
 from .hooked import HookedOlmo, HookedTransformer
 from .names import HookSpec, UnknownHookError, get_act_name, hook_specs
 from .planner import CachePlan, CacheTooLargeError
+from .root import HookedRootModule
 from .run import run_lens
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "FactoredMatrix",
     "HookedOlmoConfig",
     "HookedTransformer",
+    "HookedRootModule",
     "UnknownHookError",
     "utils",
     "CachePlan",

@@ -120,6 +120,9 @@ class GenerateMixin:
             if stop_at_eos and bool(finished.all()):
                 break
         if return_type in ("input", "str") and (was_text or return_type == "str"):
-            texts = self.to_string(out)
+            # the text as given plus the continuation: no left padding, no BOS we added (as TL)
+            starts = [0] * batch if mask is None else (mask == 0).sum(-1).tolist()
+            skip_bos = int(was_text and self._resolve_bos(prepend_bos))
+            texts = [self.to_string(out[r, int(starts[r]) + skip_bos :]) for r in range(batch)]
             return texts[0] if isinstance(input, str) else texts
         return out
