@@ -19,16 +19,24 @@ tensors in lazily (``olmokit.merge.pool.Pool`` + ``olmokit.merge.state.WorkingMo
 restore. Reported: ``(VmHWM − baseline) / bytes of one fp32 model``, and the same ratio right after
 loading the base (before any swap: what loading alone costs). Target ≤ 1.5 at every N, flat.
 
-Speed (``evals_per_s_ratio_vs_naive``): in one child, the same candidates (3 layers × 3 donors of the
-4-donor pool) and the same tiny evaluation set, scored two ways:
+Speed (``evals_per_s_ratio_vs_naive``): in one child, the same candidates — *every* decoder layer
+0..11 in forward order (a layer step's order), × the 3 other donors of the 4-donor pool, so 36
+candidates spread evenly over the whole depth — and the same tiny evaluation set, scored two ways:
 
 * ``naive`` — the original olm.py's way, written here: per candidate ``from_pretrained`` the whole
-  donor, copy the layer's parameters into the working model, evaluate, copy the base's back;
-* ``olmokit`` — lazy unit swap in place (:class:`WorkingModel` ``snapshot``/``apply_all``/``restore``).
+  donor, copy the layer's parameters into the working model, evaluate with
+  :func:`olmokit.eval.response_nll` (a full forward), copy the base's back;
+* ``olmokit`` — what a merge's layer step does: lazy unit swap in place (:class:`WorkingModel`
+  ``snapshot``/``apply_all``/``restore``) and :class:`olmokit.merge.evaluate.Evaluator` (the same
+  ``nll`` metric) with its focus on the layer, so its prefix cache
+  (:mod:`olmokit.merge.prefix`) runs only layers ``i..11``, the final norm and lm_head per
+  candidate. Layer 0's candidates get no reuse (full forwards); at layer ``i > 0`` the first
+  candidate also runs layer ``i - 1`` (to advance the cached prefix), all of it inside the timed
+  evaluation. Scores are checked equal to the naive ones.
 
-Evaluation in both: :func:`olmokit.eval.response_nll` (the merge's ``nll`` metric) on 2 fixed random
-samples (12-token context, 4-token response): a tiny set, so the figure is about moving weights.
-Both are timed per candidate, interleaved, with swap/load and evaluation clocked apart. The last line is ``RESULT {json}``.
+The evaluation set: 2 fixed random samples (12-token context, 4-token response): a tiny set, so the
+figure is mostly about moving weights. Both are timed per candidate, interleaved, with swap/load and
+evaluation clocked apart. The last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ SMOKE_SIZES = dict(
 )
 POOL_SIZES = (2, 4, 8)
 SPEED_POOL = 4
-SPEED_LAYERS = (0, 5, 11)
+SPEED_LAYERS = tuple(range(SIZES["num_hidden_layers"]))  # every layer: an honest average
 SMOKE_SPEED_LAYERS = (0, 1)
 
 
@@ -120,6 +128,17 @@ def _evaluate(model, samples) -> float:
     return sum(scores) / len(scores)
 
 
+def _evaluator(model, samples):
+    """The merge's evaluator on the same samples and metric as :func:`_evaluate` (pad id 1)."""
+    from types import SimpleNamespace
+
+    from olmokit.merge.datasets import EvalSet
+    from olmokit.merge.evaluate import Evaluator
+
+    tok = SimpleNamespace(pad_token_id=1)
+    return Evaluator(model, [EvalSet("bench", "nll", list(samples), tokenizer=tok)], batch_size=2)
+
+
 def _load_working(base: Path):
     """The working model as ``run_merge`` loads it (filled tensor by tensor from the lazy reader)."""
     from olmokit.merge.pool import load_working_model
@@ -158,13 +177,15 @@ def child_memory(dirs: list[Path], cache: Path) -> dict:
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     peak_after_load = _status("VmHWM")  # loading the base alone, before any swap
     wm = WorkingModel(model, pool, pool.members[0].name)
-    groups = [wm.boundary_units()] + [wm.layer_units(i) for i in range(wm.num_layers)]
+    evaluator = _evaluator(model, samples)  # with its prefix cache, as in a merge
+    groups = [(0, wm.boundary_units())] + [(i, wm.layer_units(i)) for i in range(wm.num_layers)]
     evals = 0
-    for units in groups:
+    for focus, units in groups:
+        evaluator.set_focus(focus)
         for member in pool.members[1:]:
             snap = wm.snapshot(units)
             wm.apply_all(units, member)
-            _evaluate(model, samples)
+            evaluator.evaluate()
             wm.restore(snap)
             evals += 1
     peak = _status("VmHWM")
@@ -206,9 +227,11 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
     }
     pool = Pool([str(d) for d in dirs], cache)
     wm = WorkingModel(model, pool, pool.members[0].name)
+    evaluator = _evaluator(model, samples)
     clock = {"naive_load": 0.0, "naive_eval": 0.0, "olmokit_swap": 0.0, "olmokit_eval": 0.0}
     naive_scores, lazy_scores = [], []
     for layer in layers:
+        evaluator.set_focus(layer)  # as a layer step does: candidates differ from layer on
         for donor_dir, member in zip(dirs[1:], pool.members[1:]):
             # naive: the original's way, the whole donor per candidate
             t = time.perf_counter()
@@ -235,7 +258,7 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
             snap = wm.snapshot(units)
             wm.apply_all(units, member)
             t1 = time.perf_counter()
-            lazy_scores.append(_evaluate(model, samples))
+            lazy_scores.append(evaluator.evaluate()["bench"])
             t2 = time.perf_counter()
             wm.restore(snap)
             t3 = time.perf_counter()
@@ -253,6 +276,8 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
         "olmokit_evals_per_s": n / lazy_s,
         "seconds_per_candidate": {k: v / n for k, v in clock.items()},
         "same_scores": same,
+        "layers": list(layers),
+        "prefix_layers_skipped": evaluator.prefix.layers_skipped,
         "max_score_difference": max(abs(a - b) for a, b in zip(naive_scores, lazy_scores)),
     }
 
@@ -326,7 +351,7 @@ def main() -> None:
         f"| naive from_pretrained per candidate | {speed['naive_seconds']:.1f} | {speed['naive_evals_per_s']:.2f} |"
     )
     print(
-        f"| olmokit lazy unit swap | {speed['olmokit_seconds']:.1f} | {speed['olmokit_evals_per_s']:.2f} |"
+        f"| olmokit lazy unit swap + prefix cache | {speed['olmokit_seconds']:.1f} | {speed['olmokit_evals_per_s']:.2f} |"
     )
     per = speed["seconds_per_candidate"]
     print(
@@ -342,6 +367,8 @@ def main() -> None:
         "naive_evals_per_s": round(speed["naive_evals_per_s"], 3),
         "olmokit_evals_per_s": round(speed["olmokit_evals_per_s"], 3),
         "same_scores_as_naive": speed["same_scores"],
+        "speed_candidates": speed["candidates"],
+        "speed_layers": f"all {len(speed['layers'])} (0..{speed['layers'][-1]}) x {SPEED_POOL - 1} donors",
         "seconds_per_candidate": {k: round(v, 4) for k, v in per.items()},
         "model_parameters": memory[POOL_SIZES[0]]["model_bytes"] // 4,
         "load_only_ratio": {str(n): round(m["load_only_ratio"], 3) for n, m in memory.items()},
