@@ -150,9 +150,6 @@ def run_memory(
     :class:`~olmokit.runs.RunDir` (summary in its ``eval.json``)."""
     torch.manual_seed(config.training.seed)
     mc = config.model
-    tokenizer = load_tokenizer(mc.name, revision=mc.revision)
-    train_rows = load_sequences(config.data, tokenizer, "train")  # bad data fails early
-    eval_rows = load_sequences(config.data, tokenizer, "eval") if evaluate else []
     device = resolve_device(mc.device)
     model = load_model(
         mc.name,
@@ -161,7 +158,12 @@ def run_memory(
         revision=mc.revision,
         attn_implementation=mc.attn_implementation,
     )
+    # the memory settings are checked against the base before the (slower) data is prepared;
+    # both fail before the run directory is created
     mm = attach_memory(model, config.memory)
+    tokenizer = load_tokenizer(mc.name, revision=mc.revision)
+    train_rows = load_sequences(config.data, tokenizer, "train")
+    eval_rows = load_sequences(config.data, tokenizer, "eval") if evaluate else []
     run = _open_run(config, resume, overwrite)
     overrides: dict[str, Any] = {"disable_tqdm": config.training.disable_tqdm or not progress}
     if device == "cpu":
