@@ -80,7 +80,11 @@ class ActivationCache:
 
     # ------------------------------------------------------------------ mapping
     def _key(self, key: str | tuple) -> str:
-        return resolve_name(key, self.adapter.num_layers)
+        """The full name of a key; a name the model does not have raises, listing the valid ones."""
+        valid = None
+        if self.model is not None:
+            valid = set(self.model.hook_dict) | set(self.cache_dict)
+        return resolve_name(key, self.adapter.num_layers, valid)
 
     def __getitem__(self, key: str | tuple) -> torch.Tensor:
         name = self._key(key)
@@ -95,7 +99,7 @@ class ActivationCache:
             return False
         try:
             return self._key(key) in self.cache_dict
-        except ValueError:
+        except (KeyError, ValueError):
             return False
 
     def __iter__(self) -> Iterator[str]:
