@@ -27,7 +27,8 @@ candidates spread evenly over the whole depth — and the same tiny evaluation s
   donor, copy the layer's parameters into the working model, evaluate with
   :func:`olmokit.eval.response_nll` (a full forward), copy the base's back;
 * ``olmokit`` — what a merge's layer step does: lazy unit swap in place (:class:`WorkingModel`
-  ``snapshot``/``apply_all``/``restore``) and :class:`olmokit.merge.evaluate.Evaluator` (the same
+  ``apply_all``/``restore`` from one ``snapshot`` of the layer per step, clocked with the step's
+  first candidate) and :class:`olmokit.merge.evaluate.Evaluator` (the same
   ``nll`` metric) with its focus on the layer, so its prefix cache
   (:mod:`olmokit.merge.prefix`) runs only layers ``i..11``, the final norm and lm_head per
   candidate. Layer 0's candidates get no reuse (full forwards); at layer ``i > 0`` the first
@@ -232,6 +233,7 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
     naive_scores, lazy_scores = [], []
     for layer in layers:
         evaluator.set_focus(layer)  # as a layer step does: candidates differ from layer on
+        snap = None  # as a step does: the current units copied once, restored after each candidate
         for donor_dir, member in zip(dirs[1:], pool.members[1:]):
             # naive: the original's way, the whole donor per candidate
             t = time.perf_counter()
@@ -252,10 +254,12 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
             clock["naive_load"] += (t1 - t) + (t3 - t2)
             clock["naive_eval"] += t2 - t1
 
-            # olmokit: lazy unit swap in place, restored from a copy of just those units
+            # olmokit: lazy unit swap in place, restored from a copy of just those units (taken
+            # at the step's first candidate, inside its clocked swap time)
             t = time.perf_counter()
             units = wm.layer_units(layer)
-            snap = wm.snapshot(units)
+            if snap is None:
+                snap = wm.snapshot(units)
             wm.apply_all(units, member)
             t1 = time.perf_counter()
             lazy_scores.append(evaluator.evaluate()["bench"])

@@ -317,10 +317,12 @@ class MergeSearch:
         candidates = [Candidate(current_name, True, dict(self.current), cached=known is not None)]
         donors = [m for m in self.members if any(w.source(u) != m for u in units)]
         bar = _bar(len(donors), f"{step} {target}", self.progress, position=1)
+        # the current state of the step's units, copied once and restored after every candidate
+        snap = w.snapshot(units) if donors else None
         try:
             for member in donors:
                 key = w.state_key({u.name: member for u in units})
-                metrics, cached = self._trial(key, units, member)
+                metrics, cached = self._trial(key, units, member, snap)
                 cand = Candidate(member, False, metrics, cached)
                 self._judge(cand)
                 candidates.append(cand)
@@ -360,13 +362,19 @@ class MergeSearch:
         self.save()
         return decision
 
-    def _trial(self, key: str, units: list[ParameterUnit], member: str) -> tuple[Metrics, bool]:
+    def _trial(
+        self, key: str, units: list[ParameterUnit], member: str, snap: Mapping[str, Any]
+    ) -> tuple[Metrics, bool]:
+        """``member``'s tensors for ``units`` evaluated (or looked up), then ``snap`` (the
+        current state of the units) restored, exceptions included."""
         hit = self.cache.get(key)
         if hit is not None:
             return dict(hit), True
-        with self.working.trial(units):
+        try:
             self.working.apply_all(units, member)
             metrics = self.evaluate()
+        finally:
+            self.working.restore(snap)
         self.cache.put(key, metrics)
         return metrics, False
 
