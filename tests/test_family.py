@@ -260,3 +260,37 @@ def test_attention_function_helpers_match_hf():
         full[:, 1], kv[:, 0], rtol=0, atol=0
     )  # group size 2: heads 0, 1 share
     torch.testing.assert_close(full[:, 2], kv[:, 1], rtol=0, atol=0)
+
+
+def test_call_attention_reproduces_the_hooked_call(tiny_model):
+    """A hook reads an attention call's input and rotary tables; calling the module again on them
+    with an explicit causal mask (and a private KV cache) gives the same output."""
+    import inspect
+
+    from transformers import DynamicCache
+
+    a = get_adapter(tiny_model)
+    attn = a.attention(a.num_layers - 1)  # OLMo-3 tiny: a full-attention layer
+    seen = {}
+
+    def hook(_mod, args, kwargs, output):
+        seen["x"] = a.module_input(args, kwargs)
+        seen["pe"] = a.attention_position_embeddings(args, kwargs)
+        seen["out"] = a.module_output(output)
+
+    handle = attn.register_forward_hook(hook, with_kwargs=True)
+    ids = torch.randint(4, a.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tiny_model(input_ids=ids)
+    handle.remove()
+    cos, sin = seen["pe"]
+    assert cos.shape[-2] == sin.shape[-2] == 6
+    mask = torch.full((6, 6), torch.finfo(torch.float32).min).triu(1)[None, None].expand(2, 1, 6, 6)
+    cache = DynamicCache()
+    with torch.no_grad():
+        again = a.call_attention(attn, seen["x"], seen["pe"], mask, cache)
+    torch.testing.assert_close(again, seen["out"], rtol=1e-5, atol=1e-6)
+    assert cache.get_seq_length(attn.layer_idx) == 6
+    assert a.cache_keyword(tiny_model) in inspect.signature(type(tiny_model).forward).parameters
+    with pytest.raises(FamilyError, match="position_embeddings"):
+        a.attention_position_embeddings((seen["x"],), {})

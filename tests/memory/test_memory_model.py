@@ -179,6 +179,21 @@ def test_cached_generation_equals_recomputation(family, mode):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["mac", "mag"])
+def test_cached_generation_with_query_convolution(mode):
+    """With a short causal conv on q/k/v the history is carried too (MAC: through the read state)."""
+    mm = build("olmo3", mode, conv_kernel=3, persistent_tokens=1)
+    open_gates(mm)
+    mm.eval()
+    prompt = random_tokens(2, 5, mm.config.vocab_size)
+    cached = mm.generate(prompt, SEG + 6, use_cache=True)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(SEG + 6):
+            seq = torch.cat([seq, mm(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(cached, seq)
+
+
 def test_generation_stops_at_eos_and_checks_arguments():
     mm = build()
     mm.eval()
