@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "plot_accuracy_sparsity",
     "plot_attention_pattern",
     "plot_gate_heatmap",
     "plot_head_scores",
@@ -227,6 +228,33 @@ def plot_gate_heatmap(
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="gate")
     fig.suptitle(title)
     return _save(fig, path, dpi=100, tight=False)
+
+
+def plot_accuracy_sparsity(
+    series: dict[str, Sequence[tuple[float, float, str]]],
+    path: PathLike,
+    xlabel: str = "open heads",
+    ylabel: str = "held-out score",
+    references: dict[str, float] | None = None,
+    title: str = "JoLA accuracy vs sparsity",
+) -> Path:
+    """Score against the number of open heads: one line per series of ``(x, y, label)`` points (each
+    point annotated with its label, e.g. the gate_lambda), and horizontal reference lines (e.g. the
+    base model's score)."""
+    fig = _figure((6.0, 4.0))
+    ax = fig.subplots()
+    for name, pts in series.items():
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        for x, y, lab in pts:
+            ax.annotate(lab, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    for i, (name, y) in enumerate((references or {}).items()):
+        ax.axhline(y, linestyle="--", color=f"C{len(series) + i}", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path, dpi=100)
 
 
 def plot_merge_map(

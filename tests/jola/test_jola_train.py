@@ -46,7 +46,8 @@ def _records(n=24):
 
 def _trainer(tmp_path, tok, model=None, **section):
     model = model or random_model("olmo2", "tiny", seed=0)
-    settings = JoLASettings(gate_lambda=0.01)
+    # one shared learning rate and the expon schedule: what these tests were written against
+    settings = JoLASettings(gate_lambda=0.01, gate_learning_rate=None, gate_scheduler="expon")
     if not has_jola(model):
         attach_jola(model, settings)
     kw = dict(
@@ -233,3 +234,32 @@ def test_checkpoints_hold_the_adapter_and_jola_state_only(tmp_path, zoo_tokenize
     best = load_safetensors(ckpt / "jola_best.safetensors")
     final = jola_state_dict(tr.model)
     assert set(best) == set(final) and all(torch.equal(best[k], final[k]) for k in final)
+
+
+class _SpoilAfter(TrainerCallback):
+    """Records the adapter after optimizer step `keep`, and wrecks it after step `at` (every additive
+    gate forced open onto a large v), so every later evaluation is worse than the one at `keep`."""
+
+    def __init__(self, model, keep, at):
+        self.model, self.keep, self.at, self.kept = model, keep, at, None
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.keep:
+            self.kept = {k: v.clone() for k, v in jola_state_dict(self.model).items()}
+        if state.global_step == self.at:
+            with torch.no_grad():
+                for e in jola_edits(self.model).values():
+                    e.attn_v.fill_(3.0)
+                    e.log_g1.fill_(10.0)
+
+
+def test_early_stopping_restores_the_best_step_not_the_last(tmp_path, zoo_tokenizer):
+    tr = _trainer(tmp_path, zoo_tokenizer, max_steps=20, eval_steps=2, early_stopping_patience=2)
+    spoil = _SpoilAfter(tr.model, keep=2, at=3)
+    tr.add_callback(spoil)
+    out = tr.train()
+    assert out.global_step == 6  # evaluations at 4 and 6 did not improve on step 2: patience 2
+    assert tr.best["step"] == 2
+    final = jola_state_dict(tr.model)
+    assert all(torch.equal(final[k], spoil.kept[k]) for k in final)  # step 2's adapter, restored
+    assert tr.evaluate()["eval_loss"] == pytest.approx(tr.best["eval_loss"], rel=1e-6)

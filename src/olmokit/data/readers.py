@@ -28,7 +28,7 @@ from typing import Any, Literal
 from ..errors import DataError
 from ..files import read_text
 
-__all__ = ["Record", "read_records", "RECORD_KINDS", "VALID_ROLES"]
+__all__ = ["Record", "read_records", "record_from_dict", "RECORD_KINDS", "VALID_ROLES"]
 
 RecordKind = Literal["chat", "prompt_completion", "text"]
 RECORD_KINDS: tuple[str, ...] = ("chat", "prompt_completion", "text")
@@ -112,6 +112,12 @@ def _classify(obj: Any, where: str) -> Record:
         f"{where}: unrecognised record with keys {sorted(obj)}; expected 'messages', "
         "'conversations' (ShareGPT), 'prompt'+'completion' or 'text'"
     )
+
+
+def record_from_dict(obj: Any, where: str = "record") -> Record:
+    """One in-memory row (a dict, e.g. from a ``datasets.Dataset``) validated like a file's line;
+    ``where`` names it in error messages."""
+    return _classify(obj, where)
 
 
 _DECODER = json.JSONDecoder()

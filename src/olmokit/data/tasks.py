@@ -16,6 +16,7 @@ log-likelihood scoring with exactly the same formatting.
 
 from __future__ import annotations
 
+import ast
 import functools
 import random
 import re
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, DataError
 from .readers import Record
-from .stdlib import is_held_out, iter_docstrings, stdlib_root, stdlib_source_files
+from .stdlib import is_held_out, stdlib_root, stdlib_source_files
 
 __all__ = [
     "TASKS",
@@ -33,6 +34,9 @@ __all__ = [
     "Task",
     "get_task",
     "mc_examples_from_records",
+    "stdlib_defname_task",
+    "stdlib_kind_task",
+    "stdlib_module_say_task",
     "stdlib_module_task",
 ]
 
@@ -84,19 +88,55 @@ def _clean_doc(doc: str, max_chars: int) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=2)
-def _stdlib_docstrings() -> tuple[tuple[str, str, bool, str], ...]:
-    """(top-level module, cleaned-later raw docstring, held_out, source) for every stdlib docstring."""
+@functools.lru_cache(maxsize=1)
+def _stdlib_parsed() -> tuple[tuple, tuple]:
+    """Every stdlib file parsed once (it takes seconds), for both kinds of rows the tasks use:
+
+    * docstrings: (top-level module, raw docstring, held_out, source) for the module and every class
+      and function at any depth, in source order (as :func:`olmokit.data.stdlib.iter_docstrings`);
+    * definitions: see :func:`_stdlib_definitions`.
+    """
     root = stdlib_root()
-    rows = []
+    docs: list[tuple[str, str, bool, str]] = []
+    defs: list[tuple[str, str, str, str, bool, str]] = []
     for path in stdlib_source_files(root):
         rel = path.relative_to(root).as_posix()
         top = rel.split("/", 1)[0].removesuffix(".py")
         held = is_held_out(f"file:{rel}")
         text = path.read_text(encoding="utf-8", errors="replace")
-        for qual, doc in iter_docstrings(text):
-            rows.append((top, doc, held, f"{rel}:{qual or '<module>'}"))
-    return tuple(rows)
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError):
+            continue
+        for qual, doc in _docstrings(tree):
+            docs.append((top, doc, held, f"{rel}:{qual or '<module>'}"))
+        if not top.startswith("_"):
+            defs += _definitions(tree, rel, held)
+    return tuple(docs), tuple(defs)
+
+
+def _docstrings(tree: ast.Module) -> list[tuple[str, str]]:
+    out = []
+    module_doc = ast.get_docstring(tree)
+    if module_doc:
+        out.append(("", module_doc))
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                qual = f"{prefix}{child.name}"
+                doc = ast.get_docstring(child)
+                if doc:
+                    out.append((qual, doc))
+                visit(child, qual + ".")
+
+    visit(tree, "")
+    return out
+
+
+def _stdlib_docstrings() -> tuple[tuple[str, str, bool, str], ...]:
+    """(top-level module, cleaned-later raw docstring, held_out, source) for every stdlib docstring."""
+    return _stdlib_parsed()[0]
 
 
 def stdlib_module_task(
@@ -159,7 +199,183 @@ def stdlib_module_task(
     )
 
 
-TASKS = {"stdlib_module": stdlib_module_task}
+def _stdlib_definitions() -> tuple[tuple[str, str, str, str, bool, str], ...]:
+    """(kind, name, signature line, docstring, held_out, source) for every module, class, top-level
+    function and method of the public standard library (read with :mod:`ast`, never imported)."""
+    return _stdlib_parsed()[1]
+
+
+def _definitions(tree: ast.Module, rel: str, held: bool) -> list:
+    rows: list = []
+    doc = ast.get_docstring(tree)
+    if doc:
+        rows.append(("module", rel, "", doc, held, f"{rel}:<module>"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            doc = ast.get_docstring(node)
+            if doc:
+                rows.append(("class", node.name, "", doc, held, f"{rel}:{node.name}"))
+            for sub in node.body:
+                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    _add_function(rows, sub, "method", held, f"{rel}:{node.name}.{sub.name}")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            _add_function(rows, node, "function", held, f"{rel}:{node.name}")
+    return rows
+
+
+def _add_function(rows: list, node: ast.AST, kind: str, held: bool, source: str) -> None:
+    args = ast.unparse(node.args)
+    prefix = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
+    rows.append(
+        (
+            kind,
+            node.name,
+            f"{prefix} {node.name}({args}):",
+            ast.get_docstring(node) or "",
+            held,
+            source,
+        )
+    )
+
+
+#: what a docstring can document, in the order the ``stdlib_kind`` options list them
+KINDS = ("module", "class", "function", "method")
+
+
+def stdlib_kind_task(
+    n_train: int = 400,
+    n_heldout: int = 300,
+    seed: int = 0,
+    max_doc_chars: int = 200,
+    min_doc_chars: int = 24,
+) -> Task:
+    """Docstring → what it documents (module, class, function or method), 4-way multiple choice.
+
+    Classes are balanced: each split draws the same number of examples of every kind (held-out ones
+    from held-out files only), so the validation split carved from training examples and the
+    held-out test split have the same label distribution (chance = 25%).
+    """
+    pools: dict[bool, dict[str, list[tuple[str, str]]]] = {
+        False: defaultdict(list),
+        True: defaultdict(list),
+    }
+    seen: set[str] = set()
+    for kind, _name, _sig, doc, held, source in _stdlib_definitions():
+        if not doc:
+            continue
+        text = _clean_doc(doc, max_doc_chars)
+        if len(text) < min_doc_chars or text in seen:
+            continue
+        seen.add(text)
+        pools[held][kind].append((text, source))
+    rng = random.Random(seed)
+    options = ", ".join(KINDS)
+
+    def make(held: bool, n: int) -> list[MultipleChoiceExample]:
+        # the same count of every kind (the smallest pool bounds it), so no split has a label prior
+        per = min(-(-n // len(KINDS)), *(len(pools[held][k]) for k in KINDS))
+        pool = []
+        for kind in KINDS:
+            docs = sorted(pools[held][kind])
+            rng.shuffle(docs)
+            pool += [(kind, text, src) for text, src in docs[:per]]
+        rng.shuffle(pool)
+        return [
+            MultipleChoiceExample(
+                "What does this Python docstring document: a module, a class, a function or a "
+                f"method?\n\n{text}\n\nOptions: {options}",
+                KINDS,
+                KINDS.index(kind),
+                f"stdlib:{src}",
+            )
+            for kind, text, src in pool[:n]
+        ]
+
+    return Task(
+        "stdlib_kind",
+        "what a stdlib docstring documents (module/class/function/method)",
+        make(False, n_train),
+        make(True, n_heldout),
+    )
+
+
+def stdlib_defname_task(
+    n_train: int = 400, n_heldout: int = 300, seed: int = 0, max_sig_chars: int = 100
+) -> Task:
+    """Short-answer generation scored by exact match: a ``def`` line → the name it defines.
+
+    Signatures come from the standard library's functions and methods (held-out ones from held-out
+    files, never seen by the zoo model); private and dunder names are skipped, and a name appears in
+    one split only. The reference answer is the bare name (single choice: exact match, and the
+    log-likelihood of the answer).
+    """
+    rows: dict[bool, list[tuple[str, str, str]]] = {False: [], True: []}
+    names: dict[bool, set[str]] = {False: set(), True: set()}
+    for kind, name, sig, _doc, held, source in _stdlib_definitions():
+        if kind not in ("function", "method") or name.startswith("_") or len(sig) > max_sig_chars:
+            continue
+        if name in names[held] or name in names[not held]:
+            continue  # one example per name, and never the same name on both sides
+        names[held].add(name)
+        rows[held].append((sig, name, source))
+    rng = random.Random(seed)
+
+    def make(held: bool, n: int) -> list[MultipleChoiceExample]:
+        pool = sorted(rows[held])
+        rng.shuffle(pool)
+        return [
+            MultipleChoiceExample(
+                f"What is the name of the function defined by this line?\n\n{sig}",
+                (name,),
+                0,
+                f"stdlib:{src}",
+            )
+            for sig, name, src in pool[:n]
+        ]
+
+    return Task(
+        "stdlib_defname",
+        "name the function a def line defines (exact match)",
+        make(False, n_train),
+        make(True, n_heldout),
+    )
+
+
+def stdlib_module_say_task(n_train: int = 400, n_heldout: int = 300, seed: int = 0) -> Task:
+    """Steering: ``stdlib_module``'s questions, answered by *saying* the module (exact match).
+
+    The base model ranks the right option first far above chance (it has the knowledge: see
+    ``stdlib_module``'s base accuracy), but it does not answer a chat question with one of the listed
+    names (it lacks the behaviour) — the setting activation editing is made for. Single-choice
+    examples, so the scorers use exact match (and the answer's log-likelihood).
+    """
+    base = stdlib_module_task(n_train=n_train, n_heldout=n_heldout, seed=seed)
+
+    def say(examples: list[MultipleChoiceExample]) -> list[MultipleChoiceExample]:
+        return [
+            MultipleChoiceExample(
+                ex.prompt + "\nAnswer with the module name only.",
+                (ex.answer_text,),
+                0,
+                ex.source,
+            )
+            for ex in examples
+        ]
+
+    return Task(
+        "stdlib_module_say",
+        "say a docstring's stdlib module, options listed (exact match)",
+        say(base.train),
+        say(base.heldout),
+    )
+
+
+TASKS = {
+    "stdlib_module": stdlib_module_task,
+    "stdlib_kind": stdlib_kind_task,
+    "stdlib_defname": stdlib_defname_task,
+    "stdlib_module_say": stdlib_module_say_task,
+}
 
 
 def get_task(name: str, **kwargs) -> Task:

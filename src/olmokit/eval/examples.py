@@ -22,15 +22,23 @@ def evaluate_examples(
     generate: bool = True,
     progress: bool = False,
     max_length: int | None = None,
+    first_line: bool = False,
 ) -> dict[str, float]:
     """``{"acc", "n"}`` from :func:`mc_accuracy`, plus ``"em"`` from :func:`exact_match` when
-    ``generate``."""
+    ``generate`` (``first_line``: of the output's first line)."""
     out: dict[str, float] = {}
     mc = mc_accuracy(
         model, tokenizer, examples, batch_size=batch_size, progress=progress, max_length=max_length
     )
     out["acc"], out["n"] = mc["acc"], mc["n"]
     if generate:
-        em = exact_match(model, tokenizer, examples, batch_size=batch_size, progress=progress)
+        em = exact_match(
+            model,
+            tokenizer,
+            examples,
+            batch_size=batch_size,
+            progress=progress,
+            first_line=first_line,
+        )
         out["em"] = em["em"]
     return out

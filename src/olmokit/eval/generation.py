@@ -129,8 +129,12 @@ def exact_match(
     batch_size: int = 16,
     max_new_tokens: int | None = None,
     progress: bool = False,
+    first_line: bool = False,
 ) -> dict[str, Any]:
     """Greedy answers; ``em`` = fraction whose stripped text equals the stripped reference answer.
+
+    ``first_line``: compare only the output's first non-empty line (the reference JoLA evaluation
+    keeps the first line), for models trained on the answer but not on ending the turn.
 
     Generation stops at :func:`stop_token_ids`; ``max_new_tokens`` defaults to the longest reference
     answer plus 4 tokens (a longer output cannot match anyway). Returns ``em``, ``n``, ``outputs``.
@@ -157,6 +161,8 @@ def exact_match(
         ]
         gen = greedy_generate(model, prompts, max_new_tokens, stop, tokenizer.pad_token_id)
         outputs += [tokenizer.decode(t, skip_special_tokens=True).strip() for t in gen.tokens]
+    if first_line:
+        outputs = [o.split("\n", 1)[0].strip() for o in outputs]
     hits = [int(o == ex.answer_text.strip()) for o, ex in zip(outputs, examples)]
     return {"em": sum(hits) / max(1, len(hits)), "n": len(hits), "outputs": outputs}
 

@@ -1,4 +1,4 @@
-"""``olmokit jola train|eval|merge|report`` — thin wrappers over the library functions."""
+"""``olmokit jola train|eval|merge|report|sweep|prune`` — thin wrappers over the library functions."""
 
 from __future__ import annotations
 
@@ -65,6 +65,44 @@ def register(subparsers: Any) -> None:
     p.add_argument("--topk", type=int, help="with --gate-mode topk")
     p.add_argument("--dtype", default="float32")
     p.set_defaults(func=_merge)
+
+    p = verbs.add_parser(
+        "sweep",
+        help="train one adapter per gate_lambda; accuracy vs open heads (table, JSON, plot)",
+        description="Runs CONFIG once per --gate-lambda value into OUT/lambda-<value>/ and writes "
+        "OUT/sweep.json, sweep.md and sweep.png (validation and held-out score against open heads). "
+        "Choose settings by the validation column: the test column is the held-out split.",
+    )
+    p.add_argument("config", help="YAML config")
+    p.add_argument("overrides", nargs="*", help="overrides like training_config.max_steps=50")
+    p.add_argument(
+        "--gate-lambda", type=float, nargs="+", required=True, help="grid of gate_lambda values"
+    )
+    p.add_argument("--out", required=True, help="sweep directory")
+    p.add_argument(
+        "--keep-top-k", type=int, help="also prune each adapter to its k most open heads"
+    )
+    p.add_argument("--threshold", type=float, help="also prune heads whose gate is <= this")
+    add_run_dir_args(p)
+    p.set_defaults(func=_sweep)
+
+    p = verbs.add_parser(
+        "prune",
+        help="hard-close all but the k most open heads (or those <= a threshold) of an adapter",
+    )
+    p.add_argument("adapter", help="adapter directory")
+    p.add_argument("out", help="where the pruned adapter goes")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--keep-top-k", type=int, help="heads to keep open")
+    group.add_argument("--threshold", type=float, help="close heads whose gate is <= this")
+    p.add_argument("--model", help="base model (default: the adapter's recorded base)")
+    p.add_argument(
+        "--task", default=None, help="re-evaluate on this built-in task's held-out split"
+    )
+    p.add_argument("--data", help="re-evaluate on this JSON/JSONL held-out file")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_prune)
 
     p = verbs.add_parser(
         "report", help="per-layer x per-head open gates: table, JSON and heatmap PNG"
@@ -173,4 +211,42 @@ def _report(args: argparse.Namespace) -> int:
     paths = write_report(args.adapter, out, args.mode)
     print(gate_report(args.adapter, args.mode).markdown())
     print_json({k: str(v) for k, v in paths.items()})
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .config import JoLAConfig
+    from .sweep import sweep_jola, sweep_markdown
+
+    config = JoLAConfig.from_yaml(args.config, args.overrides)
+    result = sweep_jola(
+        config,
+        args.gate_lambda,
+        args.out,
+        keep_top_k=args.keep_top_k,
+        threshold=args.threshold,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    print(sweep_markdown(result))
+    print(f"plot: {Path(args.out) / 'sweep.png'}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .run import prune_adapter
+
+    out = prune_adapter(
+        args.adapter,
+        args.out,
+        keep_top_k=args.keep_top_k,
+        threshold=args.threshold,
+        model=args.model,
+        task=args.task,
+        data_file=args.data,
+        limit=args.limit,
+        device=args.device,
+    )
+    print_json(out)
     return 0

@@ -150,10 +150,12 @@ class JoLASettings(OlmokitConfig):
     """Gate and penalty settings (``jola_config``); also stored inside every saved adapter."""
 
     gate_scheduler: Literal["expon", "linear", "cyclic", "perform", "constant"] | None = Field(
-        "expon", description="schedule s_t of the penalty weight (null = constant 1)"
+        "constant",
+        description="schedule s_t of the penalty weight (null = constant 1); the reference's 'expon' "
+        "decays the penalty to nothing (0.1*exp(-0.01 t)), so gates are never pushed shut",
     )
     gate_lambda: float = Field(
-        4e-5,
+        1e-2,
         ge=0,
         description="penalty strength (form 'strength'): loss = CE + gate_lambda*s_t*E[#open gates]",
     )
@@ -161,6 +163,12 @@ class JoLASettings(OlmokitConfig):
         "strength",
         description="'strength' (gate_lambda scales the expected-L0) or 'mixing' (the reference code: "
         "s_t mixes additive vs multiplicative penalties, gate_lambda unused)",
+    )
+    gate_learning_rate: float | None = Field(
+        0.05,
+        gt=0,
+        description="learning rate of the gate log-alphas (own optimizer group, same schedule); "
+        "null: training_config.learning_rate. Closing a gate needs log-alpha to move ~2.4",
     )
     temperature: float = Field(0.33, gt=0, description="HardConcrete temperature beta")
     stretch_limits: tuple[float, float] = Field(
@@ -218,6 +226,18 @@ class DataSection(OlmokitConfig):
         200, ge=1, description="subsample evaluation data (reference: 200)"
     )
     max_seq_length: int = Field(400, ge=8)
+    loss_on: Literal["answer", "turn"] = Field(
+        "answer",
+        description="'answer': loss on the answer text only; 'turn': also the chat template's "
+        "end-of-turn tokens (and EOS), which a model that never saw the template spends most of the "
+        "loss on",
+    )
+    valid_size: int | None = Field(
+        None,
+        ge=1,
+        description="validation examples carved from the training data for early stopping "
+        "(default: eval_size); never the held-out test set",
+    )
     seed: int = Field(0, description="subsampling seed")
 
 

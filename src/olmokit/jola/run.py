@@ -37,14 +37,17 @@ from .checkpoint import adapter_base_name, load_jola, save_jola
 from .config import DataSection, JoLAConfig
 from .model import attach_jola, detach_jola, disable_jola, has_jola, num_jola_parameters
 from .report import write_report
+from .sparsity import open_heads, prune_jola
 from .train import JoLATrainer, training_arguments
 
 __all__ = [
     "RunData",
+    "RunOutcome",
     "compare_on",
     "evaluate_adapters",
     "heldout_examples",
     "load_run_data",
+    "prune_adapter",
     "run_jola",
     "train_jola",
 ]
@@ -58,6 +61,7 @@ class RunData:
     train: list[Record]
     valid: list[Record]
     test: list[MultipleChoiceExample]  #: for accuracy / exact match (single-choice when no choices)
+    valid_examples: list[MultipleChoiceExample] | None = None  #: ``valid`` as scorable examples
 
 
 def _subsample(rows: list, n: int | None, seed: int) -> list:
@@ -93,25 +97,36 @@ def heldout_examples(records: list[Record]) -> list[MultipleChoiceExample]:
 
 
 def load_run_data(data: DataSection) -> RunData:
+    """Train, validation and test data of a run.
+
+    The validation set (early stopping, best-adapter selection) is always carved from the *training*
+    data, never from the test set: ``valid_size`` (default ``eval_size``) examples that are not among
+    the ``train_size`` training ones. The test set is ``eval_file`` (or the task's held-out split);
+    without ``eval_file``, the ``eval_size`` rows of ``train_file`` after the validation ones.
+    """
+    n_valid = data.valid_size or data.eval_size
     if data.train_file:
         rows = read_records(data.train_file)
         train = _subsample(rows, data.train_size, data.seed)
+        chosen = {id(r) for r in train}
+        rest = [r for r in rows if id(r) not in chosen]
+        valid = rest[:n_valid] if n_valid else rest
         if data.eval_file:
-            valid = _subsample(read_records(data.eval_file), data.eval_size, data.seed)
+            test_rows = _subsample(read_records(data.eval_file), data.eval_size, data.seed)
         else:
-            rest = [r for r in rows if r not in train]
-            valid = rest[: data.eval_size] if data.eval_size else rest
-        return RunData(train, valid, heldout_examples(valid))
+            after = rest[len(valid) :]
+            test_rows = after[: data.eval_size] if data.eval_size else after
+        return RunData(train, valid, heldout_examples(test_rows), heldout_examples(valid))
     if not data.task:
         raise DataError("data_config needs train_file or task")
-    n_train, n_valid = data.train_size or 200, data.eval_size or 200
+    n_train, n_valid = data.train_size or 200, n_valid or 200
     task = get_task(data.task, n_train=n_train + n_valid, seed=data.seed)
     if len(task.train) < n_train + 1:
         raise DataError(f"task {data.task!r} has only {len(task.train)} training examples")
     train = [e.record() for e in task.train[:n_train]]
-    valid = [e.record() for e in task.train[n_train : n_train + n_valid]]
+    valid_ex = task.train[n_train : n_train + n_valid]
     test = task.heldout[: data.eval_size] if data.eval_size else task.heldout
-    return RunData(train, valid, list(test))
+    return RunData(train, [e.record() for e in valid_ex], list(test), list(valid_ex))
 
 
 def compare_on(
@@ -120,17 +135,28 @@ def compare_on(
     examples: list[MultipleChoiceExample],
     batch_size: int = 16,
     progress: bool = True,
+    first_line: bool = False,
+    base: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Base (JoLA disabled) vs JoLA on the same weights."""
+    """Base (JoLA disabled; skipped with ``base=False``) vs JoLA on the same weights.
+    ``first_line``: exact match reads the first line of the output (for adapters trained with
+    ``loss_on: answer``, which never learnt to end the turn)."""
     generate = True
     mc = len(examples[0].choices) > 1 if examples else False
-    with disable_jola(model):
-        base = evaluate_examples(model, tokenizer, examples, batch_size, generate, progress)
-    tuned = evaluate_examples(model, tokenizer, examples, batch_size, generate, progress)
+    kw = dict(first_line=first_line)
+    out = {}
+    if base:
+        with disable_jola(model):
+            out["base"] = evaluate_examples(
+                model, tokenizer, examples, batch_size, generate, progress, **kw
+            )
+    out["jola"] = evaluate_examples(
+        model, tokenizer, examples, batch_size, generate, progress, **kw
+    )
     if not mc:
-        base.pop("acc", None)
-        tuned.pop("acc", None)
-    return {"base": base, "jola": tuned}
+        for res in out.values():
+            res.pop("acc", None)
+    return out
 
 
 def evaluate_adapters(
@@ -174,6 +200,49 @@ def evaluate_adapters(
     return {"model": base_name, "n": len(examples), "mc": mc, "results": results}
 
 
+def prune_adapter(
+    adapter: str,
+    out: str,
+    *,
+    keep_top_k: int | None = None,
+    threshold: float | None = None,
+    model: str | None = None,
+    task: str | None = None,
+    data_file: str | None = None,
+    limit: int = 200,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Load ``adapter`` on its base, :func:`prune_jola` it, save it to ``out`` (``olmokit jola
+    prune``); with ``task`` or ``data_file`` also score it before and after on held-out examples.
+    Returns ``{"before", "after"}`` open-head counts (and scores) and ``"out"``."""
+    base_name = model or adapter_base_name(adapter)
+    base = load_model(base_name, device=resolve_device(device))
+    load_jola(base, adapter)
+    result: dict[str, Any] = {"before": open_heads(base)}
+    examples: list[MultipleChoiceExample] = []
+    tokenizer = None
+    if task or data_file:
+        tokenizer = load_tokenizer(base_name)
+        rows = heldout_examples(read_records(data_file)) if data_file else get_task(task).heldout
+        examples = rows[:limit]
+        result["before"]["score"] = _first_score(
+            compare_on(base, tokenizer, examples, batch_size, False, True, base=False)["jola"]
+        )
+    result["after"] = prune_jola(base, keep_top_k=keep_top_k, threshold=threshold)
+    if examples:
+        result["after"]["score"] = _first_score(
+            compare_on(base, tokenizer, examples, batch_size, False, True, base=False)["jola"]
+        )
+    save_jola(base, out, extra={"pruned": {"keep_top_k": keep_top_k, "threshold": threshold}})
+    result["out"] = str(out)
+    return result
+
+
+def _first_score(res: dict[str, Any]) -> float | None:
+    return res.get("acc", res.get("em"))
+
+
 def _is_main_process() -> bool:
     """Rank 0 (or no distributed launch); decided from the launcher's environment, because the run
     directory is opened before ``TrainingArguments`` sets up the process group."""
@@ -208,7 +277,9 @@ def run_jola(
     """Run a whole config into its run directory (``training_config.output_dir``); see the module
     docstring for what it holds. Returns the :class:`~olmokit.runs.RunDir`; the summary is its
     ``eval.json``."""
-    return _run(config, resume=resume, overwrite=overwrite, progress=progress, evaluate=evaluate)[0]
+    return _run(
+        config, resume=resume, overwrite=overwrite, progress=progress, evaluate=evaluate
+    ).run
 
 
 def train_jola(
@@ -220,12 +291,25 @@ def train_jola(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """:func:`run_jola`, returning the summary dict (also in ``<output_dir>/eval.json``)."""
-    return _run(config, resume=resume, overwrite=overwrite, progress=progress, evaluate=evaluate)[1]
+    return _run(
+        config, resume=resume, overwrite=overwrite, progress=progress, evaluate=evaluate
+    ).summary
+
+
+@dataclass
+class RunOutcome:
+    """What :func:`_run` leaves behind, for callers that go on with the trained model (the sweep)."""
+
+    run: RunDir
+    summary: dict[str, Any]
+    model: nn.Module
+    tokenizer: Any
+    data: RunData
 
 
 def _run(
     config: JoLAConfig, *, resume: bool, overwrite: bool, progress: bool, evaluate: bool
-) -> tuple[RunDir, dict[str, Any]]:
+) -> RunOutcome:
     torch.manual_seed(config.training.seed)
     data = load_run_data(config.data)  # bad data fails before the model is loaded or a dir is made
     mc = config.model
@@ -261,6 +345,7 @@ def _run(
         eval_dataset=data.valid or None,
         tokenizer=tokenizer,
         max_seq_length=config.data.max_seq_length,
+        loss_on=config.data.loss_on,
         jola_settings=config.jola,
         early_stopping_patience=config.training.early_stopping_patience,
         early_stopping_threshold=config.training.early_stopping_threshold,
@@ -278,13 +363,19 @@ def _run(
         "resumed_from": str(checkpoint) if checkpoint else None,
     }
     if not args.should_save:  # non-main processes: the main one writes and evaluates
-        return run, summary
+        return RunOutcome(run, summary, model, tokenizer, data)
     save_jola(model, run.path / "adapter", extra={"best": trainer.best})
     summary["report"] = {k: str(v) for k, v in write_report(model, run.path / "report").items()}
+    first_line = config.data.loss_on == "answer"
+    bs = config.training.per_device_eval_batch_size
+    if evaluate and data.valid_examples:
+        with eval_mode(model):  # the validation score, for choosing settings without the test set
+            summary["valid"] = compare_on(
+                model, tokenizer, data.valid_examples, bs, progress, first_line, base=False
+            )["jola"]
     if evaluate and data.test:
         with eval_mode(model):
-            summary["test"] = compare_on(
-                model, tokenizer, data.test, config.training.per_device_eval_batch_size, progress
-            )
+            summary["test"] = compare_on(model, tokenizer, data.test, bs, progress, first_line)
+    summary["open_heads"] = open_heads(model)
     run.write_json("eval.json", summary)
-    return run, summary
+    return RunOutcome(run, summary, model, tokenizer, data)

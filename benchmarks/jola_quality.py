@@ -1,0 +1,440 @@
+"""JoLA quality on the built-in tasks: base, JoLA, dense/ungated JoLA, LoFiT, PEFT LoRA and IA3.
+
+One harness, so every method sees the same data (``train`` examples of a task's training split),
+the same optimizer-step budget and batch size, the same validation split (carved from the task's
+*training* split, used for early stopping / best-step restore and nothing else) and the same scorers
+(:mod:`olmokit.eval`: log-likelihood multiple-choice accuracy, or greedy exact match of the first
+line for generation tasks) on the task's held-out split, which the zoo model never saw.
+
+Methods
+* ``base``: the untouched zoo model.
+* ``jola``: the defaults of :class:`olmokit.jola.JoLASettings` (gated, penalised).
+* ``dense``: JoLA with ``gate_lambda`` 0 (gates free, no sparsity pressure).
+* ``ungated``: JoLA with every gate fixed open (= IA3 on ``o_proj``'s input plus an ``o_proj`` bias).
+* ``lofit``: LoFiT's two stages on the same budget: half the steps train A on every head (ungated,
+  L1 5e-4 as in LoFiT), the top-k heads by ‖A‖ are kept (k = 25% of heads), then half the steps train
+  A and v on those heads only (the others stay identity).
+* ``lora`` (r 8 on q, v; lr 1e-3) and ``ia3`` (k, v, down_proj; lr 5e-3) from PEFT.
+
+Every trained method stops early on the validation loss (patience 3, evaluated every ``eval_every``
+steps) and restores its best evaluation. Run: ``nice python benchmarks/jola_quality.py`` (3 seeds, 4
+tasks; about 40 minutes on 2 busy CPU cores). Prints the markdown table; ``--plot`` writes the
+accuracy–sparsity figure; the last line is ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from olmokit.data.tasks import get_task
+from olmokit.eval import exact_match, mc_accuracy
+from olmokit.family import get_adapter
+from olmokit.jola import (
+    JoLASettings,
+    JoLATrainer,
+    attach_jola,
+    jola_edits,
+    num_jola_parameters,
+    training_arguments,
+)
+from olmokit.jola.config import TrainingSection
+from olmokit.jola.data import encode_all
+from olmokit.jola.sparsity import open_heads
+from olmokit.loading import load_model, load_tokenizer
+
+METHODS = ("base", "jola", "dense", "ungated", "lofit", "lora", "ia3")
+TRAINED = METHODS[1:]
+LR = {"lora": 1e-3, "ia3": 5e-3}
+TASKS = ("stdlib_module", "stdlib_kind", "stdlib_name", "stdlib_comment")
+
+
+@dataclass
+class TaskData:
+    name: str
+    generative: bool
+    train: list  # encoded examples
+    valid: list  # encoded examples (validation loss)
+    valid_ex: list  # MultipleChoiceExample (validation score)
+    test: list  # MultipleChoiceExample (held-out score)
+
+
+def task_data(
+    name: str,
+    tok: Any,
+    n_train: int,
+    n_valid: int,
+    loss_on: str = "answer",
+    test_limit: int | None = None,
+) -> TaskData:
+    task = get_task(name, n_train=n_train + n_valid, seed=0)
+    train_ex, valid_ex = task.train[:n_train], task.train[n_train : n_train + n_valid]
+    gen = len(task.heldout[0].choices) == 1
+    return TaskData(
+        name,
+        gen,
+        encode_all([e.record() for e in train_ex], tok, 256, loss_on),
+        encode_all([e.record() for e in valid_ex], tok, 256, loss_on),
+        list(valid_ex),
+        list(task.heldout[:test_limit]),
+    )
+
+
+def score(model: Any, tok: Any, examples: list, generative: bool) -> float:
+    model.eval()
+    if generative:
+        return exact_match(model, tok, examples, batch_size=32, first_line=True)["em"]
+    return mc_accuracy(model, tok, examples, batch_size=32)["acc"]
+
+
+class _HeadMask(TrainerCallback):
+    """LoFiT stage 2: after every optimizer step, heads outside the selection go back to identity."""
+
+    def __init__(self, model: Any, keep: dict[int, torch.Tensor]):
+        self.model, self.keep = model, keep
+
+    def on_step_end(self, args, state, control, **kw):
+        with torch.no_grad():
+            for i, e in jola_edits(self.model).items():
+                m = self.keep[i].to(e.attn_A.device)[:, None]
+                e.attn_A.mul_(m)
+                e.attn_v.mul_(m)
+
+
+def _args(out: str, seed: int, steps: int, bs: int, lr: float, eval_every: int) -> Any:
+    section = TrainingSection(
+        max_steps=steps,
+        per_device_train_batch_size=bs,
+        per_device_eval_batch_size=32,
+        learning_rate=lr,
+        warmup_steps=max(1, steps // 10),
+        lr_scheduler_type="cosine",
+        seed=seed,
+        eval_strategy="steps",
+        eval_steps=eval_every,
+        save_steps=None,
+        logging_steps=10_000,
+        disable_tqdm=True,
+    )
+    return training_arguments(section, out, use_cpu=not torch.cuda.is_available())
+
+
+def _jola_trainer(model, args, data, tok, settings, patience, **kw) -> JoLATrainer:
+    return JoLATrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.valid,
+        tokenizer=tok,
+        jola_settings=settings,
+        early_stopping_patience=patience,
+        **kw,
+    )
+
+
+def _freeze_gates_open(model: Any) -> None:
+    with torch.no_grad():
+        for e in jola_edits(model).values():
+            for p in (e.log_g1, e.log_g2):
+                p.fill_(10.0)  # eval gate exactly 1, sampled gate 1 up to ~1e-13 noise
+                p.requires_grad_(False)
+
+
+def train_method(
+    method: str,
+    data: TaskData,
+    tok: Any,
+    seed: int,
+    steps: int,
+    bs: int = 8,
+    eval_every: int = 20,
+    patience: int | None = 3,
+    settings: JoLASettings | None = None,
+    lr: float = 5e-3,
+    lofit_k: int | None = None,
+) -> dict[str, Any]:
+    """Train one method; return its held-out and validation scores, parameters and open heads."""
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(None, device=device)
+    out = f"/tmp/jola_quality/{data.name}-{method}-{seed}"
+    res: dict[str, Any] = {}
+    if method in ("jola", "dense", "ungated", "lofit"):
+        base = settings or JoLASettings()
+        upd: dict[str, Any] = {"init_seed": seed}
+        if method in ("dense", "ungated", "lofit"):
+            upd["gate_lambda"] = 0.0
+        s = base.model_copy(update=upd)
+        attach_jola(model, s)
+        if method == "ungated":
+            _freeze_gates_open(model)
+        if method != "lofit":
+            tr = _jola_trainer(
+                model, _args(out, seed, steps, bs, lr, eval_every), data, tok, s, patience
+            )
+            tr.train()
+        else:
+            _freeze_gates_open(model)
+            half = steps // 2
+            for e in jola_edits(model).values():
+                e.attn_v.requires_grad_(False)  # stage 1 learns A only
+            tr = _jola_trainer(
+                model, _args(out, seed, half, bs, lr, eval_every), data, tok, s, patience
+            )
+            _add_l1(tr, 5e-4)
+            tr.train()
+            adapter = get_adapter(model)
+            k = lofit_k or max(1, round(0.25 * adapter.num_layers * adapter.num_heads))
+            edits = jola_edits(model)
+            norms = torch.stack([e.attn_A.detach().norm(dim=-1).cpu() for e in edits.values()])
+            flat = torch.zeros(norms.numel())
+            flat[torch.topk(norms.flatten(), k).indices] = 1.0
+            mask = flat.reshape(norms.shape)
+            keep = {i: mask[j] for j, i in enumerate(edits)}
+            with torch.no_grad():
+                for e in edits.values():
+                    e.attn_A.zero_()
+                    e.attn_v.zero_()
+                    e.attn_v.requires_grad_(True)
+            tr = _jola_trainer(
+                model,
+                _args(out + "-2", seed, steps - half, bs, lr * 2, eval_every),
+                data,
+                tok,
+                s,
+                patience,
+            )
+            tr.add_callback(_HeadMask(model, keep))
+            tr.train()
+            res["open_heads"] = int(mask.sum())
+            res["heads"] = int(mask.numel())
+        if method != "lofit":
+            oh = open_heads(model)
+            res["open_heads"], res["open_heads_05"], res["heads"] = (
+                oh["open"],
+                oh["open_05"],
+                oh["heads"],
+            )
+        res["params"] = num_jola_parameters(model)
+    else:
+        from peft import IA3Config, LoraConfig, get_peft_model
+
+        spec = get_adapter(model).spec
+        q, k_, v = (spec.attn_projections[x] for x in "qkv")
+        down = spec.mlp_projections["down"]
+        if method == "lora":
+            cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[q, v])
+        else:
+            cfg = IA3Config(target_modules=[k_, v, down], feedforward_modules=[down])
+        cfg.task_type = "CAUSAL_LM"
+        model = get_peft_model(model, cfg)
+        res["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        from olmokit.data.collate import PaddingCollator
+
+        tr = Trainer(
+            model=model,
+            args=_args(out, seed, steps, bs, LR[method], eval_every),
+            train_dataset=data.train,
+            eval_dataset=data.valid,
+            data_collator=PaddingCollator(tok.pad_token_id),
+        )
+        best = _BestPeft(model, patience)
+        tr.add_callback(best)
+        tr.train()
+        best.restore()
+    res["valid"] = score(model, tok, data.valid_ex, data.generative)
+    res["test"] = score(model, tok, data.test, data.generative)
+    return res
+
+
+class _BestPeft(TrainerCallback):
+    """The same early stopping and best-step restore as JoLATrainer, for the PEFT baselines."""
+
+    def __init__(self, model: Any, patience: int | None):
+        self.model, self.patience = model, patience
+        self.best: tuple[float, dict[str, torch.Tensor]] | None = None
+        self.bad = 0
+
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None:
+            return
+        if self.best is None or loss < self.best[0]:
+            self.best, self.bad = (loss, self._trainable()), 0
+        else:
+            self.bad += 1
+            if self.patience is not None and self.bad >= self.patience:
+                control.should_training_stop = True
+
+    def restore(self) -> None:
+        if self.best is None:
+            return
+        with torch.no_grad():
+            params = dict(self.model.named_parameters())
+            for n, t in self.best[1].items():
+                params[n].copy_(t)
+
+
+def _add_l1(trainer: JoLATrainer, weight: float) -> None:
+    """LoFiT stage 1's L1 penalty on A, added to the training loss."""
+    inner = trainer.compute_loss
+
+    def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = inner(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if not model.training:
+            return out
+        l1 = weight * sum(e.attn_A.abs().sum() for e in jola_edits(trainer._jola_model()).values())
+        if return_outputs:
+            return out[0] + l1, out[1]
+        return out + l1
+
+    trainer.compute_loss = compute_loss
+
+
+def _ms(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--train", type=int, default=200)
+    ap.add_argument("--valid", type=int, default=100)
+    ap.add_argument("--test-limit", type=int, default=150, help="held-out examples scored")
+    ap.add_argument("--json", help="also write every run's numbers here")
+    ap.add_argument(
+        "--sweep",
+        help="comma-separated gate_lambda grid: run only JoLA at each value (validation-based "
+        "selection of the default) and write the accuracy-sparsity plot to --plot",
+    )
+    ap.add_argument("--plot", default="docs/jola_accuracy_sparsity.png")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    tok = load_tokenizer()
+    if a.sweep:
+        sweep(a, tok)
+        return
+    methods = a.methods.split(",")
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    base: dict[str, float] = {}
+    t0 = time.time()
+    for name in a.tasks.split(","):
+        data = task_data(name, tok, a.train, a.valid, test_limit=a.test_limit)
+        runs[name] = {m: [] for m in methods if m != "base"}
+        if "base" in methods:
+            base[name] = score(load_model(None), tok, data.test, data.generative)
+            print(f"# {name} base {base[name]:.3f}", file=sys.stderr, flush=True)
+        for seed in range(a.seeds):
+            for m in methods:
+                if m == "base":
+                    continue
+                r = train_method(m, data, tok, seed, a.steps)
+                runs[name][m].append(r)
+                print(
+                    f"# {name} seed {seed} {m}: test {r['test']:.3f} valid {r['valid']:.3f} "
+                    f"open {r.get('open_heads')} ({time.time() - t0:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"base": base, "runs": runs}, f)
+    print(report(base, runs, a))
+
+
+def sweep(a: Any, tok: Any) -> None:
+    """JoLA over a gate_lambda grid: validation score (to choose by), test score, open heads."""
+    from olmokit.plots import plot_accuracy_sparsity
+
+    lams = [float(x) for x in a.sweep.split(",")]
+    points: dict[str, list[dict[str, Any]]] = {}
+    base: dict[str, float] = {}
+    for name in a.tasks.split(","):
+        data = task_data(name, tok, a.train, a.valid, test_limit=a.test_limit)
+        model = load_model(None)
+        base[name] = score(model, tok, data.test, data.generative)
+        base[name + ":valid"] = score(model, tok, data.valid_ex, data.generative)
+        points[name] = []
+        for lam in lams:
+            for seed in range(a.seeds):
+                s = JoLASettings(gate_lambda=lam)
+                r = train_method("jola", data, tok, seed, a.steps, settings=s)
+                r.update(gate_lambda=lam, seed=seed)
+                points[name].append(r)
+                print(f"# {name} lambda {lam:g} seed {seed}: {r}", file=sys.stderr, flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"base": base, "points": points}, f)
+    series = {}
+    for name, pts in points.items():
+        for key in ("valid", "test"):
+            agg = []
+            for lam in lams:
+                rs = [p for p in pts if p["gate_lambda"] == lam]
+                agg.append((statistics.mean(p["open_heads"] for p in rs),
+                            statistics.mean(p[key] for p in rs), f"{lam:g}"))  # fmt: skip
+            series[f"{name} {key}"] = agg
+    plot_accuracy_sparsity(series, a.plot, references={f"base {k}": v for k, v in base.items()})
+    print("| task | gate_lambda | valid | test | open heads (g>0) | open (g>0.5) |")
+    print("|---|---|---|---|---|---|")
+    for name, pts in points.items():
+        for lam in lams:
+            rs = [p for p in pts if p["gate_lambda"] == lam]
+            v, t = _ms([p["valid"] for p in rs]), _ms([p["test"] for p in rs])
+            o = statistics.mean(p["open_heads"] for p in rs)
+            o5 = statistics.mean(p["open_heads_05"] for p in rs)
+            print(f"| {name} | {lam:g} | {v[0]:.3f} ± {v[1]:.3f} | {t[0]:.3f} ± {t[1]:.3f} | "
+                  f"{o:.1f} | {o5:.1f} |")  # fmt: skip
+    print(f"base: {base}")
+
+
+def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
+    lines = [
+        f"zoo model olmo2-stdlib; {a.train} train / {a.valid} validation (from the training split) "
+        f"examples; held-out test split; {a.steps} steps max x batch 8; {a.seeds} seeds; "
+        "early stopping on validation loss (patience 3, every 20 steps), best step restored\n",
+        "| task | metric | method | held-out (mean ± std) | trainable params | open heads (g>0) |",
+        "|---|---|---|---|---|---|",
+    ]
+    result: dict[str, Any] = {}
+    for name, by_method in runs.items():
+        gen = name in ("stdlib_name", "stdlib_comment")
+        metric = "exact match" if gen else "accuracy"
+        lines.append(f"| {name} | {metric} | base | {base.get(name, float('nan')):.3f} | 0 | - |")
+        entry: dict[str, Any] = {"base": round(base.get(name, float("nan")), 4)}
+        for m, rs in by_method.items():
+            mu, sd = _ms([r["test"] for r in rs])
+            oh = [r["open_heads"] for r in rs if "open_heads" in r]
+            heads = rs[0].get("heads")
+            ohs = f"{statistics.mean(oh):.1f} / {heads}" if oh else "-"
+            lines.append(
+                f"| {name} | {metric} | {m} | {mu:.3f} ± {sd:.3f} | {rs[0]['params']:,} | {ohs} |"
+            )
+            entry[m] = round(mu, 4)
+            if m == "jola":
+                entry["jola_std"] = round(sd, 4)
+                entry["open_head_fraction"] = round(statistics.mean(oh) / heads, 4)
+        result[name] = entry
+    lines.append("")
+    lines.append("RESULT " + json.dumps(result))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
