@@ -699,6 +699,21 @@ class FamilyAdapter:
                 del layer.forward
                 layer._forward_hooks, layer._forward_pre_hooks = hooks, pre_hooks
 
+    def kv_cache_kwargs(self, cache: Any) -> dict[str, Any]:
+        """The keyword that hands a KV cache to the causal LM's forward: ``cache`` in transformers
+        >= 5.2x (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+        params = inspect.signature(type(self._require_model()).forward).parameters
+        return {("cache" if "cache" in params else "past_key_values"): cache}
+
+    @staticmethod
+    def output_kv_cache(output: Any) -> Any:
+        """The KV cache a causal LM's forward returned (``cache`` or, before, ``past_key_values``)."""
+        for key in ("cache", "past_key_values"):
+            value = output.get(key) if hasattr(output, "get") else getattr(output, key, None)
+            if value is not None:
+                return value
+        return None
+
     def attn_implementation(self, config: Any = None) -> str:
         """The attention kernel name a config selects (``"sdpa"``, ``"eager"``, ...)."""
         impl = getattr(config, "_attn_implementation", None) if config is not None else None

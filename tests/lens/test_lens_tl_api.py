@@ -406,3 +406,27 @@ def test_utils(tl, tokens, zoo_tokenizer):
     row = tl("def f(x,")[0, -1]
     assert records[0]["token"] == " self" and records[0]["rank"] == int((row > row[310]).sum())
     torch.testing.assert_close(torch.tensor(records[0]["logit"]), row[310])
+
+
+def test_forward_with_past_kv_cache(tl, tokens):
+    from transformers import DynamicCache
+
+    full = tl(tokens)
+    cache = DynamicCache(config=tl.model.config)
+    first = tl(tokens[:, :7], past_kv_cache=cache)
+    rest = tl(tokens[:, 7:], past_kv_cache=cache)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_bypass_layers_restores_the_model(tiny_model, tokens):
+    """The family accessor behind start_at_layer: bypassed blocks are identities, then restored."""
+    adapter = HookedOlmo(tiny_model).adapter
+    calls = []
+    handle = adapter.layer(0).register_forward_hook(lambda *a: calls.append(1))
+    with adapter.bypass_layers([0]):
+        x = torch.randn(1, 3, adapter.hidden_size)
+        assert adapter.layer(0)(x) is x and calls == []
+    assert "forward" not in vars(adapter.layer(0)) and len(adapter.layer(0)._forward_hooks) == 1
+    handle.remove()
+    before = tiny_model(input_ids=tokens).logits
+    assert torch.equal(tiny_model(input_ids=tokens).logits, before)

@@ -375,7 +375,7 @@ class HookedOlmo(TokenMixin, GenerateMixin, nn.Module):
                     positions = positions[:, -hf_kwargs.get("input_ids", input).shape[1] :]
                 hf_kwargs["position_ids"] = positions
         if past_kv_cache is not None:
-            hf_kwargs.update(past_key_values=past_kv_cache, use_cache=True)
+            hf_kwargs.update(self.adapter.kv_cache_kwargs(past_kv_cache), use_cache=True)
         else:
             hf_kwargs["use_cache"] = False
 
@@ -435,7 +435,7 @@ class HookedOlmo(TokenMixin, GenerateMixin, nn.Module):
         """One generation step on HF's KV cache: logits of ``tokens`` and the updated cache."""
         kwargs: dict[str, Any] = {"input_ids": tokens, "use_cache": True}
         if cache is not None:
-            kwargs["past_key_values"] = cache
+            kwargs.update(self.adapter.kv_cache_kwargs(cache))
         if mask is not None:
             kwargs["attention_mask"] = mask
             kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[
@@ -450,7 +450,7 @@ class HookedOlmo(TokenMixin, GenerateMixin, nn.Module):
                 wiring.end_forward()
         else:
             out = self.model(**kwargs)
-        return out.logits, out.past_key_values
+        return out.logits, self.adapter.output_kv_cache(out)
 
     def loss_fn(
         self,
