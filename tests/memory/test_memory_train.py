@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from common import random_tokens
@@ -37,8 +40,12 @@ def section(**kw) -> TrainingSection:
 def test_trains_only_the_memory_and_checkpoints_hold_only_the_adapter(tmp_path):
     mm = make()
     base_before = {k: v.clone() for k, v in mm.model.state_dict().items() if ".memory." not in k}
-    summary = train_memory(mm, dataset(), args=section(save_steps=2), output_dir=tmp_path)
+    args = section(save_steps=2, eval_strategy="steps", eval_steps=2)
+    summary = train_memory(mm, dataset(), dataset(4), args=args, output_dir=tmp_path)
     assert summary["global_step"] == 4 and summary["world_size"] == 1
+    history = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    evals = [h["eval_loss"] for h in history["log_history"] if "eval_loss" in h]
+    assert len(evals) == 2 and all(math.isfinite(e) for e in evals)
     gate = mm.memory_layers[1].mem_gate
     assert gate.abs().sum() > 0  # moved away from the identity init
     after = mm.model.state_dict()

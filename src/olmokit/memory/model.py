@@ -162,10 +162,13 @@ class MemoryOutput:
     segment_losses: list[torch.Tensor] = field(default_factory=list)  #: summed CE per segment
     segment_counts: list[int] = field(default_factory=list)  #: scored tokens per segment
 
-    def __getitem__(self, key: str | int) -> Any:
-        if isinstance(key, int):
-            return [v for v in (self.loss, self.logits) if v is not None][key]
-        return getattr(self, key)
+    def to_tuple(self) -> tuple[torch.Tensor, ...]:
+        return tuple(v for v in (self.loss, self.logits) if v is not None)
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            return getattr(self, key)
+        return self.to_tuple()[key]  # Trainer reads outputs[0] (the loss) and outputs[1:]
 
     def keys(self) -> list[str]:
         return [k for k in ("loss", "logits") if getattr(self, k) is not None]
