@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..eval.nll import token_logprobs
 from ..family import get_adapter
 from ..files import atomic_save_safetensors, load_safetensors
 from ..inject import (
@@ -320,12 +320,7 @@ class MemoryModel(nn.Module):
                 if labels is not None:
                     n = min(end, length - 1) - start
                     target = labels[:, start + 1 : start + 1 + n]
-                    ce = F.cross_entropy(
-                        logits[:, :n].float().reshape(-1, logits.shape[-1]),
-                        target.reshape(-1).to(logits.device),
-                        ignore_index=-100,
-                        reduction="sum",
-                    )
+                    ce = -token_logprobs(logits[:, :n], target.to(logits.device)).sum()
                     seg_losses.append(ce)
                     seg_counts.append(int((target != -100).sum()))
                 if return_logits:
