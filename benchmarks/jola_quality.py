@@ -54,7 +54,8 @@ from olmokit.loading import load_model, load_tokenizer
 METHODS = ("base", "jola", "dense", "ungated", "lofit", "lora", "ia3")
 TRAINED = METHODS[1:]
 LR = {"lora": 1e-3, "ia3": 5e-3}
-TASKS = ("stdlib_module", "stdlib_kind", "stdlib_name", "stdlib_comment")
+TASKS = ("stdlib_module", "stdlib_kind", "stdlib_defname", "stdlib_module_say")
+GENERATIVE = ("stdlib_defname", "stdlib_module_say")
 
 
 @dataclass
@@ -216,6 +217,7 @@ def train_method(
             tr.train()
             res["open_heads"] = int(mask.sum())
             res["heads"] = int(mask.numel())
+            res["params"] = k * 2 * adapter.head_dim  # stage 2 trains A and v of k heads
         if method != "lofit":
             oh = open_heads(model)
             res["open_heads"], res["open_heads_05"], res["heads"] = (
@@ -223,7 +225,7 @@ def train_method(
                 oh["open_05"],
                 oh["heads"],
             )
-        res["params"] = num_jola_parameters(model)
+        res.setdefault("params", num_jola_parameters(model))
     else:
         from peft import IA3Config, LoraConfig, get_peft_model
 
@@ -414,7 +416,7 @@ def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
     ]
     result: dict[str, Any] = {}
     for name, by_method in runs.items():
-        gen = name in ("stdlib_name", "stdlib_comment")
+        gen = name in GENERATIVE
         metric = "exact match" if gen else "accuracy"
         lines.append(f"| {name} | {metric} | base | {base.get(name, float('nan')):.3f} | 0 | - |")
         entry: dict[str, Any] = {"base": round(base.get(name, float("nan")), 4)}

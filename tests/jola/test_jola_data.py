@@ -131,3 +131,29 @@ def test_seed_basic_usage_runs_as_written(tmp_path, monkeypatch):
 def test_records_pass_through(zoo_tokenizer):
     rec = Record("chat", CHAT, "mem:0")
     assert to_records([rec]) == [rec]
+
+
+def test_validation_is_carved_from_training_rows_never_the_test_file(tmp_path):
+    from olmokit.jola import load_run_data
+    from olmokit.jola.config import DataSection
+
+    def write(name, n, tag):
+        rows = [{"prompt": f"{tag} {i}:", "completion": f"{i}"} for i in range(n)]
+        (tmp_path / name).write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+        return str(tmp_path / name)
+
+    train_file, eval_file = write("train.jsonl", 30, "train"), write("test.jsonl", 10, "test")
+    d = load_run_data(
+        DataSection(train_file=train_file, eval_file=eval_file, train_size=20, valid_size=6)
+    )
+    assert len(d.train) == 20 and len(d.valid) == 6 and len(d.test) == 10
+    assert all(r.data["prompt"].startswith("train") for r in d.valid)  # never the test file
+    assert not {id(r) for r in d.train} & {id(r) for r in d.valid}
+    assert all(ex.prompt.startswith("test") for ex in d.test)
+    # without eval_file: train, then validation, then test, all disjoint rows of train_file
+    d2 = load_run_data(DataSection(train_file=train_file, train_size=20, valid_size=6, eval_size=4))
+    prompts = [r.data["prompt"] for r in d2.train + d2.valid] + [ex.prompt for ex in d2.test]
+    assert len(prompts) == len(set(prompts)) == 30
+    # built-in task: validation = training-split examples after the training ones
+    d3 = load_run_data(DataSection(task="stdlib_module", train_size=8, valid_size=4, eval_size=5))
+    assert len(d3.valid) == len(d3.valid_examples) == 4 and len(d3.test) == 5

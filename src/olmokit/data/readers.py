@@ -8,6 +8,8 @@ file, the line and what is wrong, so a user can open the file and fix it. Accept
   (read as the same chat record)
 * prompt/completion: ``{"prompt": str, "completion": str}``
 * text: ``{"text": str}``
+* the public formats of JoLA's benchmarks (ARC, BoolQ, SIQA multiple choice; E2E, WebNLG generation),
+  read as chat records (with ``choices`` for multiple choice): see :mod:`olmokit.data.public_formats`
 
 A ``.json`` file holds a list of records (nothing may follow it); a ``.jsonl`` file one record per
 line (blank lines skipped). Lines end at ``\n`` only: JSON strings may contain U+2028 and other
@@ -27,6 +29,7 @@ from typing import Any, Literal
 
 from ..errors import DataError
 from ..files import read_text
+from .public_formats import from_public_format
 
 __all__ = ["Record", "read_records", "record_from_dict", "RECORD_KINDS", "VALID_ROLES"]
 
@@ -73,6 +76,7 @@ def _sharegpt_messages(turns: Any, key: str, where: str) -> list[Any]:
 
 
 def _classify(obj: Any, where: str) -> Record:
+    obj = from_public_format(obj, where)  # ARC/BoolQ/SIQA/E2E/WebNLG rows -> chat records
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     for key in ("conversations", "conversation"):  # ShareGPT, read as a chat record
