@@ -265,6 +265,8 @@ def test_get_act_name_aliases_and_validation(tl, tokens):
     _, cache = tl.run_with_cache(tokens)
     assert torch.equal(cache[g("in", 1)], cache["resid_pre", 1])
     assert torch.equal(cache["rot_q", 0], cache["q", 0])
+    _, small = tl.run_with_cache(tokens, names_filter=[g("in", 1), "blocks.0.attn.hook_rot_k"])
+    assert sorted(small.keys()) == ["blocks.0.attn.hook_k", "blocks.1.hook_resid_pre"]
     with pytest.raises(UnknownHookError, match="set_use_attn_result") as err:
         cache["result", 0]
     assert "blocks.{i}.hook_resid_pre" in str(err.value)

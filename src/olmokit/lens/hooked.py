@@ -642,6 +642,11 @@ class HookedOlmo(TokenMixin, GenerateMixin, nn.Module):
         ``fwd_hooks`` run before caching (cache the edited values). Without ``incl_bwd`` the run is
         under ``torch.no_grad``. ``return_cache_object=False`` returns a plain dict.
         """
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if isinstance(names_filter, (list, tuple, set)):  # TL's other names for the same hooks
+            n_layers = self.adapter.num_layers
+            names_filter = [resolve_name(n, n_layers, self.hook_dict) for n in names_filter]
         keep = make_names_filter(names_filter, self.hook_dict)
         names = [n for n in self.hook_dict if keep(n)]
         if max_cache_bytes is not None:
