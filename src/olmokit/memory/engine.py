@@ -165,7 +165,8 @@ def _key_pass(weights: list[Tensor], k: Tensor, v: Tensor, spec: EngineSpec):
         delta = attentional_bias_grad(o - v, spec)
     deltas = [delta]
     for layer in range(len(weights) - 2, -1, -1):
-        delta = (delta @ weights[layer + 1].mT) * _gelu_grad(pre[layer])
+        # fused g·gelu'(z) (differentiable twice, like the unfused formula _gelu_grad)
+        delta = torch.ops.aten.gelu_backward(delta @ weights[layer + 1].mT, pre[layer])
         deltas.append(delta)
     deltas.reverse()
     sq = sum((a * a).sum(-1) * (d * d).sum(-1) for a, d in zip(acts, deltas))
@@ -203,7 +204,12 @@ def dual_chunk(
         x = q
         last = len(weights) - 1
         for layer, (w, s) in enumerate(zip(weights, momentum)):
-            z = b_ * (x @ w) + s_ * (x @ s) - (cq * (x @ acts[layer].mT)) @ deltas[layer]
+            # row scalings go on the narrower side of the matmul
+            if w.shape[-2] <= w.shape[-1]:
+                base = (b_ * x) @ w + (s_ * x) @ s
+            else:
+                base = b_ * (x @ w) + s_ * (x @ s)
+            z = torch.baddbmm(base, cq * (x @ acts[layer].mT), deltas[layer], alpha=-1.0)
             x = F.gelu(z) if layer < last else z
         y = q + _layer_norm(x, spec.ln_eps)[0] if spec.residual_norm else x
     if not commit:
@@ -214,9 +220,12 @@ def dual_chunk(
     sl = cs[..., -1, None, None]
     el = eta_all[..., None, None]
     new_w = [
-        bl * w + sl * s - a.mT @ (cl * d) for w, s, a, d in zip(weights, momentum, acts, deltas)
+        torch.baddbmm(bl * w + sl * s, a.mT, cl * d, alpha=-1.0)
+        for w, s, a, d in zip(weights, momentum, acts, deltas)
     ]
-    new_s = [el * s - a.mT @ (mw * d) for s, a, d in zip(momentum, acts, deltas)]
+    new_s = [
+        torch.baddbmm(el * s, a.mT, mw * d, alpha=-1.0) for s, a, d in zip(momentum, acts, deltas)
+    ]
     return y, new_w, new_s
 
 
