@@ -168,6 +168,11 @@ def train_method(
     model = load_model(None, device=device)
     out = f"/tmp/jola_quality/{data.name}-{method}-{seed}"
     res: dict[str, Any] = {}
+    if method.startswith("jola:"):  # a grid point: jola:<gate_lambda>
+        settings = (settings or JoLASettings()).model_copy(
+            update={"gate_lambda": float(method.split(":", 1)[1])}
+        )
+        method = "jola"
     if method in ("jola", "dense", "ungated", "lofit"):
         base = settings or JoLASettings()
         upd: dict[str, Any] = {"init_seed": seed}
@@ -175,6 +180,7 @@ def train_method(
             upd["gate_lambda"] = 0.0
         s = base.model_copy(update=upd)
         attach_jola(model, s)
+        la0 = _log_alphas(model)
         if method == "ungated":
             _freeze_gates_open(model)
         if method != "lofit":
@@ -226,6 +232,7 @@ def train_method(
                 oh["heads"],
             )
         res.setdefault("params", num_jola_parameters(model))
+        res["max_log_alpha_move"] = round(float((_log_alphas(model) - la0).abs().max()), 4)
     else:
         from peft import IA3Config, LoraConfig, get_peft_model
 
@@ -255,6 +262,12 @@ def train_method(
     res["valid"] = score(model, tok, data.valid_ex, data.generative)
     res["test"] = score(model, tok, data.test, data.generative)
     return res
+
+
+def _log_alphas(model: Any) -> torch.Tensor:
+    return torch.stack(
+        [torch.cat([e.log_g1, e.log_g2]).detach().cpu().clone() for e in jola_edits(model).values()]
+    )
 
 
 class _BestPeft(TrainerCallback):
@@ -318,6 +331,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--train", type=int, default=200)
     ap.add_argument("--valid", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=20, help="validation every N steps")
     ap.add_argument("--test-limit", type=int, default=150, help="held-out examples scored")
     ap.add_argument("--json", help="also write every run's numbers here")
     ap.add_argument(
@@ -346,8 +360,11 @@ def main() -> None:
             for m in methods:
                 if m == "base":
                     continue
-                r = train_method(m, data, tok, seed, a.steps)
+                r = train_method(m, data, tok, seed, a.steps, eval_every=a.eval_every)
                 runs[name][m].append(r)
+                if a.json:  # after every run, so a long benchmark's partial results survive
+                    with open(a.json, "w") as f:
+                        json.dump({"base": base, "runs": runs}, f)
                 print(
                     f"# {name} seed {seed} {m}: test {r['test']:.3f} valid {r['valid']:.3f} "
                     f"open {r.get('open_heads')} ({time.time() - t0:.0f}s)",

@@ -23,11 +23,22 @@ from tqdm.auto import tqdm
 
 from ..data.collate import PaddingCollator
 from ..data.formatting import IGNORE_INDEX, Example, encode_record
+from ..data.masking import encode_answer, trim_after_target
 from ..data.tasks import MultipleChoiceExample
 from .modes import eval_mode, model_device
 from .nll import token_logprobs, token_nll
 
 __all__ = ["choice_logprobs", "mc_accuracy"]
+
+
+def _encode_choice(
+    ex: MultipleChoiceExample, c: int, tokenizer: Any, max_length: int | None, loss_on: str
+) -> Example:
+    """Choice ``c`` as in training: the whole assistant turn (``"turn"``) or the answer alone
+    (``"answer"``: the untrained end-of-turn tail dropped, see :mod:`olmokit.data.masking`)."""
+    if loss_on == "turn":
+        return encode_record(ex.record(c), tokenizer, max_length)
+    return trim_after_target(encode_answer(ex.record(c), tokenizer, max_length, loss_on))
 
 
 def _split_prompt(example: Example) -> tuple[list[int], list[int]]:
@@ -47,20 +58,27 @@ def choice_logprobs(
     max_length: int | None = None,
     progress: bool = False,
     share_prompt: bool = True,
+    loss_on: str = "turn",
 ) -> list[list[float]]:
     """Summed log-probability of each choice's target tokens, per example (``[example][choice]``).
 
     With ``share_prompt`` (default) the KV-cache scorer runs; its result equals full-sequence
     scoring up to float rounding. Examples whose choices do not share one prompt/target split, and
-    any ``max_length`` truncation, fall back to full sequences.
+    any ``max_length`` truncation, fall back to full sequences. ``loss_on="answer"`` scores each
+    choice's answer tokens only, without the chat template's end-of-turn marker (for models trained
+    that way; see :mod:`olmokit.data.masking`).
     """
     with eval_mode(model):
         if share_prompt and max_length is None:
             try:
-                return _choice_logprobs_shared(model, tokenizer, examples, batch_size, progress)
+                return _choice_logprobs_shared(
+                    model, tokenizer, examples, batch_size, progress, loss_on
+                )
             except ValueError:
                 pass
-        return _choice_logprobs_full(model, tokenizer, examples, batch_size, max_length, progress)
+        return _choice_logprobs_full(
+            model, tokenizer, examples, batch_size, max_length, progress, loss_on
+        )
 
 
 def _choice_logprobs_shared(
@@ -69,12 +87,14 @@ def _choice_logprobs_shared(
     examples: Sequence[MultipleChoiceExample],
     batch_size: int,
     progress: bool,
+    loss_on: str = "turn",
 ) -> list[list[float]]:
     device = model_device(model)
     items = []
     for ex in examples:
         parts = [
-            _split_prompt(encode_record(ex.record(c), tokenizer)) for c in range(len(ex.choices))
+            _split_prompt(_encode_choice(ex, c, tokenizer, None, loss_on))
+            for c in range(len(ex.choices))
         ]
         if any(p != parts[0][0] for p, _ in parts):
             raise ValueError("choices do not share a prompt")
@@ -126,12 +146,13 @@ def _choice_logprobs_full(
     batch_size: int,
     max_length: int | None,
     progress: bool,
+    loss_on: str = "turn",
 ) -> list[list[float]]:
     """Reference scorer: every (prompt + choice) as its own full sequence."""
     device = model_device(model)
     collate = PaddingCollator(tokenizer.pad_token_id)
     flat = [
-        (k, encode_record(ex.record(c), tokenizer, max_length))
+        (k, _encode_choice(ex, c, tokenizer, max_length, loss_on))
         for k, ex in enumerate(examples)
         for c in range(len(ex.choices))
     ]

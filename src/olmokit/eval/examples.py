@@ -23,12 +23,19 @@ def evaluate_examples(
     progress: bool = False,
     max_length: int | None = None,
     first_line: bool = False,
+    loss_on: str = "turn",
 ) -> dict[str, float]:
-    """``{"acc", "n"}`` from :func:`mc_accuracy`, plus ``"em"`` from :func:`exact_match` when
-    ``generate`` (``first_line``: of the output's first line)."""
+    """``{"acc", "n"}`` from :func:`mc_accuracy` (choices scored per ``loss_on``), plus ``"em"`` from
+    :func:`exact_match` when ``generate`` (``first_line``: of the output's first line)."""
     out: dict[str, float] = {}
     mc = mc_accuracy(
-        model, tokenizer, examples, batch_size=batch_size, progress=progress, max_length=max_length
+        model,
+        tokenizer,
+        examples,
+        batch_size=batch_size,
+        progress=progress,
+        max_length=max_length,
+        loss_on=loss_on,
     )
     out["acc"], out["n"] = mc["acc"], mc["n"]
     if generate:

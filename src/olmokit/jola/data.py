@@ -30,14 +30,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from ..data.formatting import IGNORE_INDEX, Example, encode_record, record_segments
+from ..data.formatting import Example
+from ..data.masking import LOSS_ON, encode_answer
 from ..data.readers import Record, read_records, record_from_dict
 from ..errors import DataError
 
 __all__ = ["LOSS_ON", "LossOn", "encode_for_training", "to_records"]
 
 LossOn = Literal["answer", "turn"]
-LOSS_ON: tuple[str, ...] = ("answer", "turn")
+
+#: one record encoded with its labels per ``loss_on`` (:func:`olmokit.data.masking.encode_answer`)
+encode_for_training = encode_answer
 
 
 def _is_encoded(row: Any) -> bool:
@@ -75,69 +78,6 @@ def to_records(
     return out
 
 
-def _answers(record: Record) -> list[str]:
-    """The answer texts of a record's target segments, in order."""
-    if record.kind == "chat":
-        return [m["content"] for m in record.messages if m["role"] == "assistant"]
-    if record.kind == "prompt_completion":
-        return [record.data["completion"]]
-    return []
-
-
-def _answer_mask(tokenizer: Any, text: str, answer: str) -> tuple[list[int], list[bool]]:
-    """Ids of ``text`` (tokenised as a whole, as :func:`encode_record` does) and which of them overlap
-    ``answer``'s span in it (its first occurrence)."""
-    start = text.find(answer)
-    if start < 0:
-        raise DataError(f"the answer {answer[:40]!r} is not inside its rendered turn {text[:60]!r}")
-    end = start + len(answer)
-    if text[end : end + 1] == "\n":
-        end += 1
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        spans = enc["offset_mapping"]
-    except (NotImplementedError, KeyError, TypeError, ValueError):
-        # slow tokenizers have no offsets: tokenise the three pieces apart (ids may then differ)
-        parts = [(text[:start], False), (text[start:end], True), (text[end:], False)]
-        ids, mask = [], []
-        for piece, target in parts:
-            if piece:
-                p = tokenizer(piece, add_special_tokens=False)["input_ids"]
-                ids += p
-                mask += [target] * len(p)
-        return ids, mask
-    mask = [a < end and b > start for a, b in spans]
-    return list(enc["input_ids"]), mask
-
-
-def encode_for_training(
-    record: Record, tokenizer: Any, max_length: int | None = None, loss_on: str = "answer"
-) -> Example:
-    """One record as an :class:`Example` with labels per ``loss_on`` (see the module docstring)."""
-    if loss_on not in LOSS_ON:
-        raise DataError(f"loss_on {loss_on!r} not in {', '.join(LOSS_ON)}")
-    if loss_on == "turn" or record.kind == "text":
-        return encode_record(record, tokenizer, max_length)
-    answers = iter(_answers(record))
-    ids: list[int] = []
-    labels: list[int] = []
-    for text, target in record_segments(record, tokenizer):
-        if not text:
-            continue
-        if target:
-            piece, mask = _answer_mask(tokenizer, text, next(answers))
-            labels += [t if m else IGNORE_INDEX for t, m in zip(piece, mask)]
-        else:
-            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-            labels += [IGNORE_INDEX] * len(piece)
-        ids += piece
-    if max_length is not None and len(ids) > max_length:
-        ids, labels = ids[:max_length], labels[:max_length]
-    if all(lab == IGNORE_INDEX for lab in labels):
-        raise DataError(f"{record.source}: no target tokens left (increase max_length?)")
-    return Example(ids, labels, record.source)
-
-
 def prepare_dataset(
     data: Any,
     tokenizer: Any,
@@ -162,10 +102,10 @@ def prepare_dataset(
     if tokenizer is None:
         raise DataError(f"{name}: raw rows need a tokenizer to be encoded; pass tokenizer=")
     records = to_records(data, text_field, name)
-    return [encode_for_training(r, tokenizer, max_length, loss_on) for r in records]
+    return [encode_answer(r, tokenizer, max_length, loss_on) for r in records]
 
 
 def encode_all(
     records: Sequence[Record], tokenizer: Any, max_length: int | None, loss_on: str = "answer"
 ) -> list[Example]:
-    return [encode_for_training(r, tokenizer, max_length, loss_on) for r in records]
+    return [encode_answer(r, tokenizer, max_length, loss_on) for r in records]

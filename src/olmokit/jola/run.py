@@ -139,8 +139,9 @@ def compare_on(
     base: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Base (JoLA disabled; skipped with ``base=False``) vs JoLA on the same weights.
-    ``first_line``: exact match reads the first line of the output (for adapters trained with
-    ``loss_on: answer``, which never learnt to end the turn)."""
+    ``first_line`` is for adapters trained with ``loss_on: answer``, which never learnt to end the
+    turn: exact match reads the first line of the output. Choices are scored the standard way (the
+    whole assistant turn), so scores stay comparable across runs and tools."""
     generate = True
     mc = len(examples[0].choices) > 1 if examples else False
     kw = dict(first_line=first_line)
