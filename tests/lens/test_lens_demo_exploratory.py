@@ -6,8 +6,8 @@ TransformerLens dev snapshot 4cd36aae), in order, with only these changes:
 
 * the loading line: ``HookedTransformer.from_pretrained("olmo2-stdlib", <TL's processing flags>)``;
   three of the four flags do not apply to post-norm OLMo-2 and must warn (checked);
-* prompts: the IOI names become single tokens of the zoo vocabulary (" self"/" cls", " key"/" value",
-  " name"/" path", " data"/" file"), in templates that tokenize to equal lengths as GPT-2's do;
+* prompts: the IOI names become single tokens of the zoo vocabulary (" self"/" cls", " name"/" path"),
+  in templates that tokenize to equal lengths as GPT-2's do; two templates instead of four (time);
 * GPT-2 constants: layers 5/8 → 1/2, layer groups 7/9 → 1/3, induction heads [81, 65] → [17, 9],
   token ids from [100, 4000);
 * one line of OLMo maths: the direct-path patch divides by the *attention-input* norm scale
@@ -95,13 +95,13 @@ def _demo():  # noqa: PLR0915 - one notebook, cell by cell
     assert len(records) == 1 and records[0]["token"] == " self"
 
     # [22]
+    # two of the notebook's four templates (the sweeps below run one forward per layer, position and
+    # head: half the batch halves the test's time)
     prompt_format = [
         "When self and cls went to the shops,{} gave the bag to",
-        "When key and value went to the shops,{} gave the bag to",
         "When name and path went to the shops,{} gave an apple to",
-        "When data and file went to the shops,{} gave the bag to",
     ]
-    names = [(" self", " cls"), (" key", " value"), (" name", " path"), (" data", " file")]
+    names = [(" self", " cls"), (" name", " path")]
     prompts, answers, answer_tokens = [], [], []
     for i in range(len(prompt_format)):
         for j in range(2):
