@@ -81,6 +81,8 @@ class ActivationCache:
     # ------------------------------------------------------------------ mapping
     def _key(self, key: str | tuple) -> str:
         """The full name of a key; a name the model does not have raises, listing the valid ones."""
+        if isinstance(key, str) and key in self.cache_dict:  # the common case, kept cheap
+            return key
         valid = None
         if self.model is not None:
             valid = set(self.model.hook_dict) | set(self.cache_dict)
