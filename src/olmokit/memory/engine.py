@@ -265,29 +265,32 @@ def memory_scan(
     """
     n = k.shape[-2]
     segs = _segments(start, n, chunk)
+    sizes = [hi - lo for lo, hi in segs]
+    # split once (the backward of a split is one concatenation; per-chunk slicing would build a
+    # full-size zero gradient per chunk, quadratic in T)
+    ks, vs, gs = k.split(sizes, 1), v.split(sizes, 1), gates.split(sizes, 1)
+    qs = [None] * len(segs)
+    if q is not None:
+        rows = [max(0, hi - max(lo, n_skip)) for lo, hi in segs]
+        qs = [qi if r else None for qi, r in zip(q.split(rows, 1), rows)]
     # batch the gate coefficients of all full chunks that sit between the first and the last segment
-    full = [i for i, (lo, hi) in enumerate(segs) if hi - lo == chunk]
+    full = [i for i, size in enumerate(sizes) if size == chunk]
     pre = {}
     if len(full) > 1 and full == list(range(full[0], full[-1] + 1)):
         lo0, hi0 = segs[full[0]][0], segs[full[-1]][1]
         g = gates[:, lo0:hi0].unflatten(1, (len(full), chunk))
-        co = chunk_coefficients(g[..., 0], g[..., 1])
+        per_chunk = [t.unbind(1) for t in chunk_coefficients(g[..., 0], g[..., 1])]
         for j, i in enumerate(full):
-            pre[i] = tuple(t[:, j] for t in co)
+            pre[i] = tuple(t[j] for t in per_chunk)
     ys = []
     pending = 0
     for i, (lo, hi) in enumerate(segs):
         commit = (start + hi) % chunk == 0
-        g = gates[:, lo:hi]
+        g = gs[i]
         co = pre.get(i)
         if co is None:
             co = chunk_coefficients(g[..., 0], g[..., 1])
-        qi = None
-        if q is not None and hi > n_skip:
-            qi = q[:, max(lo, n_skip) - n_skip : hi - n_skip]
-        y, nw, ns = dual_chunk(
-            weights, momentum, k[:, lo:hi], v[:, lo:hi], qi, g[..., 2], co, spec, commit
-        )
+        y, nw, ns = dual_chunk(weights, momentum, ks[i], vs[i], qs[i], g[..., 2], co, spec, commit)
         if y is not None:
             ys.append(y)
         if commit:
