@@ -205,14 +205,14 @@ def test_seed_style_scheduler_argument(zoo_tokenizer):
     )
     assert tr.gate_scheduler.name == "linear" and tr.processing_class is zoo_tokenizer
     assert (
-        JoLATrainer(model=m, tokenizer=zoo_tokenizer).gate_scheduler.name == "expon"
-    )  # the default
+        JoLATrainer(model=m, tokenizer=zoo_tokenizer).gate_scheduler.name == "constant"
+    )  # the default (olmokit's; the reference's expon decays the penalty to nothing)
     assert JoLATrainer(model=m, gate_scheduler=None).gate_scheduler.name == "constant"
     # penalty settings and scheduler come from the constructor, never from the model's attach settings
     detach_jola(m)
     attach_jola(m, JoLASettings(gate_scheduler="cyclic", gate_lambda=0.5))
     tr = JoLATrainer(model=m, tokenizer=zoo_tokenizer)
-    assert tr.gate_scheduler.name == "expon" and tr.jola_settings.gate_lambda == 4e-5
+    assert tr.gate_scheduler.name == "constant" and tr.jola_settings.gate_lambda == 1e-2
     tr = JoLATrainer(model=m, jola_settings=JoLASettings(gate_scheduler="perform", gate_lambda=0.2))
     assert tr.gate_scheduler.name == "perform" and tr.jola_settings.gate_lambda == 0.2
 
