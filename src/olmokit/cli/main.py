@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "olmokit.lens.cli",
     "olmokit.merge.cli",
     "olmokit.memory.cli",
+    "olmokit.cli.quickstart",
 ]
 
 

@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
     p = verbs.add_parser(
         "build",
         help="rebuild a zoo model from CPython's own text (corpus, tokenizer, pretraining, card)",
-        description="Reproduce the shipped model. Killed builds resume from --work-dir.",
+        description="Reproduce a shipped model: `olmokit zoo build NAME` reruns the recipe recorded "
+        "in its directory (build_config.yaml); --config builds from a YAML file instead. Killed "
+        "builds resume from --work-dir.",
         epilog="config keys (in --config YAML or as key=value):\n" + ZooBuildConfig.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -40,7 +42,11 @@ def register(subparsers: Any) -> None:
         "--work-dir", default=None, help="tokenizer/token streams/checkpoints (for resume)"
     )
     p.add_argument(
-        "overrides", nargs="*", help="key=value overrides, e.g. steps=200 model_type=olmo3"
+        "overrides",
+        nargs="*",
+        metavar="[NAME] key=value",
+        help="a shipped zoo model to rebuild (e.g. olmo2-induction), then key=value overrides, "
+        "e.g. steps=200 model_type=olmo3",
     )
     p.set_defaults(func=run_build)
 
@@ -89,12 +95,29 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
     from ..zoo.build import ZooBuildConfig, build_zoo_model
+    from ..zoo.registry import zoo_entry
 
-    if args.config:
-        cfg = ZooBuildConfig.from_yaml(args.config, args.overrides)
+    names = [o for o in args.overrides if "=" not in o]
+    overrides = [o for o in args.overrides if "=" in o]
+    if len(names) > 1 or (names and args.config):
+        raise ConfigError(
+            "zoo build takes one model NAME or --config, not several: got "
+            + ", ".join(names + (["--config"] if args.config else []))
+        )
+    if names:
+        entry = zoo_entry(names[0])
+        recipe = entry.path / "build_config.yaml" if entry.kind == "shipped" else None
+        if recipe is None or not recipe.is_file():
+            raise ConfigError(
+                f"zoo model {entry.name!r} has no build recipe (random models are built on load)"
+            )
+        cfg = ZooBuildConfig.from_yaml(recipe, overrides)
+    elif args.config:
+        cfg = ZooBuildConfig.from_yaml(args.config, overrides)
     else:
-        cfg = ZooBuildConfig.from_dict({}).merge(args.overrides)
+        cfg = ZooBuildConfig.from_dict({}).merge(overrides)
     out = Path(args.out or Path("zoo-build") / cfg.name)
     build_zoo_model(cfg, out, args.work_dir)
     print(f"wrote {out}")

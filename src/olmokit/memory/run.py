@@ -161,7 +161,10 @@ def run_memory(
     # the memory settings are checked against the base before the (slower) data is prepared;
     # both fail before the run directory is created
     mm = attach_memory(model, config.memory)
-    tokenizer = load_tokenizer(mc.name, revision=mc.revision)
+    # token-id rows (source: file) need no tokenizer: task bases such as the demo's have none
+    tokenizer = (
+        load_tokenizer(mc.name, revision=mc.revision) if config.data.source == "corpus" else None
+    )
     train_rows = load_sequences(config.data, tokenizer, "train")
     eval_rows = load_sequences(config.data, tokenizer, "eval") if evaluate else []
     run = _open_run(config, resume, overwrite)

@@ -34,5 +34,42 @@ a useful assistant.
 | **held-out loss** | **{report["heldout_loss"]:.3f} nats/token** |
 | unigram baseline | {report["unigram_heldout_loss"]:.3f} nats/token (add-one smoothed train unigram; {ratio:.2f}× the model's loss) |
 
-Reproduce with `olmokit zoo build` (same CPython and torch give the same corpus and split).
+{_circuits(report)}
+Reproduce with `olmokit zoo build {report["name"]}` (same CPython and torch give the same corpus and
+split).
+"""
+
+
+def _circuits(report: dict[str, Any]) -> str:
+    """The induction probe's numbers, as the build measured them (nothing here is typed by hand)."""
+    probe = report.get("induction_probe")
+    if not probe:
+        return ""
+    cfg = report["build_config"]
+    share = cfg.get("repeat_share", 0.0)
+    rows = "\n".join(
+        f"| L{t['layer']}H{t['head']} | {t['induction']:.3f} | {t['previous_token']:.3f} |"
+        for t in probe["top"]
+    )
+    n, batch = probe["seq_len"], probe["batch"]
+    uniform = sum(1 / (q + 1) for q in range(n, 2 * n)) / n
+    data = (
+        f"{share:.0%} of the training sequences were a random token string repeated to fill the "
+        f"sequence (loss on the repeats only; {report.get('repeated_sequences', 0):,} such "
+        "sequences in the mix), which grows induction heads.\n\n"
+        if share
+        else ""
+    )
+    return f"""
+## Circuits: induction heads
+
+{data}Measured by the build on {batch} random strings of {n} ordinary tokens repeated once (the
+probe of `olmokit lens induction`): a head's induction score is its mean attention from each
+token of the second copy to the token after that token's first occurrence; a head attending
+uniformly to every earlier token would score {uniform:.3f}. The loss drops by
+{probe["copy_gain"]:.3f} nats/token from the first copy to the second (in-context copying).
+
+| head | induction score | previous-token score |
+|---|---|---|
+{rows}
 """

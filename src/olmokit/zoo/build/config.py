@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, model_validator
 
 from ...config import OlmokitConfig
 
@@ -15,6 +17,10 @@ class ZooBuildConfig(OlmokitConfig):
     name: str = Field("olmo2-stdlib", description="model name written into the card")
     model_type: str = Field("olmo2", description="olmo, olmo2 or olmo3")
     size: str = Field("small", description="architecture preset (see olmokit.zoo.presets.SIZES)")
+    architecture: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the preset's config keys, e.g. {num_hidden_layers: 2}",
+    )
     steps: int = Field(1000, gt=0, description="optimizer steps")
     batch_size: int = Field(16, gt=0, description="sequences per step")
     seq_len: int = Field(256, gt=8, description="tokens per sequence")
@@ -22,7 +28,33 @@ class ZooBuildConfig(OlmokitConfig):
     warmup_steps: int = Field(60, ge=0, description="linear warm-up steps")
     seed: int = Field(0, description="seed for init, data order and sampling")
     repeat_prose: int = Field(2, ge=1, description="times each prose document appears in training")
+    repeat_share: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of training sequences that are a random token sequence repeated "
+        "(loss on the repeats only): the data that grows induction heads",
+    )
+    repeat_min_len: int = Field(4, ge=2, description="shortest repeated random sequence")
+    repeat_max_len: int | None = Field(
+        None, ge=2, description="longest repeated random sequence (default seq_len // 2)"
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="reuse this shipped zoo model's tokenizer (same token ids, no tokenizer "
+        "training) instead of training one",
+    )
     save_dtype: str = Field(
         "float16", description="dtype of the written weights (keeps the package small)"
     )
     max_corpus_docs: int | None = Field(None, description="cap on documents (for quick tests)")
+
+    @model_validator(mode="after")
+    def _check_repeat_lengths(self) -> ZooBuildConfig:
+        longest = self.repeat_max_len or self.seq_len // 2
+        if not self.repeat_min_len <= longest <= self.seq_len // 2:
+            raise ValueError(
+                f"repeat_min_len ({self.repeat_min_len}) <= repeat_max_len ({longest}) <= "
+                f"seq_len // 2 ({self.seq_len // 2}) must hold (a sequence must fit twice)"
+            )
+        return self

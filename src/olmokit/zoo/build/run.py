@@ -18,7 +18,9 @@ import torch
 from ...data.stdlib import build_corpus, python_fingerprint
 from ...files import atomic_directory, atomic_save_safetensors, atomic_write_json, load_safetensors
 from ..presets import make_config
+from ..registry import shipped_path
 from .card import render_model_card
+from .circuits import MixedBlocks, RepeatedSequences, induction_probe
 from .config import ZooBuildConfig
 from .pretrain import (
     BlockDataset,
@@ -48,7 +50,12 @@ def _token_streams(
         return AutoTokenizer.from_pretrained(tok_dir), tensors["train"], tensors["heldout"], stats
     log(f"corpus: {stats}")
     train_docs, held_docs = corpus.split(False), corpus.split(True)
-    tokenizer = train_tokenizer(d.text for d in train_docs)
+    if cfg.tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(shipped_path(cfg.tokenizer))
+    else:
+        tokenizer = train_tokenizer(d.text for d in train_docs)
     train = tokenize_documents(tokenizer, train_docs, repeat_prose=cfg.repeat_prose)
     held = tokenize_documents(tokenizer, held_docs)
     tokenizer.save_pretrained(tok_dir)
@@ -66,15 +73,28 @@ def build_zoo_model(
     t0 = time.time()
     tokenizer, train_ids, held_ids, stats = _token_streams(cfg, work, log)
     vocab = len(tokenizer)
-    train_ds, held_ds = BlockDataset(train_ids, cfg.seq_len), BlockDataset(held_ids, cfg.seq_len)
+    text_ds, held_ds = BlockDataset(train_ids, cfg.seq_len), BlockDataset(held_ids, cfg.seq_len)
+    train_ds = text_ds
+    n_repeats = round(len(text_ds) * cfg.repeat_share / (1 - cfg.repeat_share))
+    if n_repeats:
+        longest = cfg.repeat_max_len or cfg.seq_len // 2
+        repeats = RepeatedSequences(
+            n_repeats, cfg.seq_len, vocab, cfg.repeat_min_len, longest, cfg.seed
+        )
+        train_ds = MixedBlocks(text_ds, repeats)
     log(
-        f"tokens: train {len(train_ids):,}, held-out {len(held_ids):,}; blocks {len(train_ds)}/{len(held_ds)}"
+        f"tokens: train {len(train_ids):,}, held-out {len(held_ids):,}; blocks {len(text_ds)}"
+        f" text + {n_repeats} repeated-random / {len(held_ds)} held out"
     )
 
     from transformers import AutoModelForCausalLM
 
     config = make_config(
-        cfg.model_type, cfg.size, vocab_size=vocab, max_position_embeddings=max(512, cfg.seq_len)
+        cfg.model_type,
+        cfg.size,
+        vocab_size=vocab,
+        max_position_embeddings=max(512, cfg.seq_len),
+        **cfg.architecture,
     )
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -99,6 +119,8 @@ def build_zoo_model(
     model = model.to(save_dtype).to(torch.float32)
     held_loss = heldout_loss(model, held_ds)
     unigram = unigram_cross_entropy(train_ids, held_ids[: 400 * cfg.seq_len], vocab)
+    probe = induction_probe(model)
+    log(f"induction probe: top heads {probe.top(3)}; copy gain {probe.copy_gain:.3f} nats")
     report = {
         "name": cfg.name,
         "build_config": cfg.as_dict(),
@@ -112,6 +134,8 @@ def build_zoo_model(
         "final_train_loss": result["train_loss"],
         "heldout_loss": held_loss,
         "unigram_heldout_loss": unigram,
+        "repeated_sequences": n_repeats,
+        "induction_probe": probe.as_dict(),
         "train_wall_seconds": train_seconds,
         "total_wall_seconds": time.time() - t0,
         "resumed_from": result["resumed_from"],
