@@ -53,6 +53,8 @@ from olmokit.loading import load_model, load_tokenizer
 
 METHODS = ("base", "jola", "dense", "ungated", "lofit", "lora", "ia3")
 TRAINED = METHODS[1:]
+#: the methods every seed runs (the targets compare JoLA with LoRA and IA3)
+CORE = ("jola", "lora", "ia3")
 LR = {"lora": 1e-3, "ia3": 5e-3}
 TASKS = ("stdlib_module", "stdlib_kind", "stdlib_defname", "stdlib_module_say")
 GENERATIVE = ("stdlib_defname", "stdlib_module_say")
@@ -331,6 +333,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--train", type=int, default=200)
     ap.add_argument("--valid", type=int, default=100)
+    ap.add_argument(
+        "--full-seeds",
+        type=int,
+        default=3,
+        help="seeds for the methods outside jola/lora/ia3 (fewer on a busy machine)",
+    )
     ap.add_argument("--eval-every", type=int, default=20, help="validation every N steps")
     ap.add_argument("--test-limit", type=int, default=150, help="held-out examples scored")
     ap.add_argument("--json", help="also write every run's numbers here")
@@ -340,11 +348,22 @@ def main() -> None:
         "selection of the default) and write the accuracy-sparsity plot to --plot",
     )
     ap.add_argument("--plot", default="docs/jola_accuracy_sparsity.png")
+    ap.add_argument("--report-from", help="print the table and plot from a --json file; no runs")
     a = ap.parse_args()
     torch.set_num_threads(1)
     tok = load_tokenizer()
     if a.sweep:
         sweep(a, tok)
+        return
+    if a.report_from:
+        runs, base = {}, {}
+        for path in a.report_from.split(","):
+            with open(path) as f:
+                d = json.load(f)
+            runs.update(d["runs"])
+            base.update(d["base"])
+        print(report(base, runs, a))
+        plot_runs(base, runs, a.plot)
         return
     methods = a.methods.split(",")
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -358,7 +377,7 @@ def main() -> None:
             print(f"# {name} base {base[name]:.3f}", file=sys.stderr, flush=True)
         for seed in range(a.seeds):
             for m in methods:
-                if m == "base":
+                if m == "base" or (seed >= a.full_seeds and m not in CORE):
                     continue
                 r = train_method(m, data, tok, seed, a.steps, eval_every=a.eval_every)
                 runs[name][m].append(r)
@@ -375,6 +394,36 @@ def main() -> None:
         with open(a.json, "w") as f:
             json.dump({"base": base, "runs": runs}, f)
     print(report(base, runs, a))
+    plot_runs(base, runs, a.plot)
+
+
+def plot_runs(base: dict[str, float], runs: dict[str, Any], path: str) -> None:
+    """Held-out score against open heads for the gated points (dense = gate_lambda 0, the default,
+    other jola:<lambda> points) and LoFiT, one line per task, the base as reference lines."""
+    from olmokit.plots import plot_accuracy_sparsity
+
+    default = JoLASettings().gate_lambda
+    series, refs = {}, {}
+    for name, by_method in runs.items():
+        pts = []
+        for m, rs in by_method.items():
+            lam = {"dense": 0.0, "jola": default}.get(m)
+            if m.startswith("jola:"):
+                lam = float(m.split(":", 1)[1])
+            if lam is None or not rs:
+                continue
+            pts.append((statistics.mean(r["open_heads"] for r in rs),
+                        statistics.mean(r["test"] for r in rs), f"{lam:g}"))  # fmt: skip
+        if pts:
+            series[f"{name}: JoLA (gate_lambda)"] = pts
+        if by_method.get("lofit"):
+            lo = by_method["lofit"]
+            series[f"{name}: LoFiT"] = [(statistics.mean(r["open_heads"] for r in lo),
+                                         statistics.mean(r["test"] for r in lo), "top-k")]  # fmt: skip
+        if name in base:
+            refs[f"{name}: base"] = base[name]
+    if series:
+        plot_accuracy_sparsity(series, path, xlabel="open heads (eval gate > 0)", references=refs)
 
 
 def sweep(a: Any, tok: Any) -> None:
@@ -428,22 +477,28 @@ def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
         f"zoo model olmo2-stdlib; {a.train} train / {a.valid} validation (from the training split) "
         f"examples; held-out test split; {a.steps} steps max x batch 8; {a.seeds} seeds; "
         "early stopping on validation loss (patience 3, every 20 steps), best step restored\n",
-        "| task | metric | method | held-out (mean ± std) | trainable params | open heads (g>0) |",
-        "|---|---|---|---|---|---|",
+        "| task | metric | method | seeds | held-out (mean ± std) | validation | trainable params "
+        "| open heads (g>0) | open (g>0.5) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     result: dict[str, Any] = {}
     for name, by_method in runs.items():
         gen = name in GENERATIVE
         metric = "exact match" if gen else "accuracy"
-        lines.append(f"| {name} | {metric} | base | {base.get(name, float('nan')):.3f} | 0 | - |")
+        b = base.get(name, float("nan"))
+        lines.append(f"| {name} | {metric} | base | - | {b:.3f} | - | 0 | - | - |")
         entry: dict[str, Any] = {"base": round(base.get(name, float("nan")), 4)}
         for m, rs in by_method.items():
             mu, sd = _ms([r["test"] for r in rs])
             oh = [r["open_heads"] for r in rs if "open_heads" in r]
             heads = rs[0].get("heads")
             ohs = f"{statistics.mean(oh):.1f} / {heads}" if oh else "-"
+            o5 = [r["open_heads_05"] for r in rs if "open_heads_05" in r]
+            o5s = f"{statistics.mean(o5):.1f}" if o5 else "-"
+            va = statistics.mean(r["valid"] for r in rs)
             lines.append(
-                f"| {name} | {metric} | {m} | {mu:.3f} ± {sd:.3f} | {rs[0]['params']:,} | {ohs} |"
+                f"| {name} | {metric} | {m} | {len(rs)} | {mu:.3f} ± {sd:.3f} | {va:.3f} | "
+                f"{rs[0]['params']:,} | {ohs} | {o5s} |"
             )
             entry[m] = round(mu, 4)
             if m == "jola":
