@@ -203,6 +203,10 @@ def test_generation_stops_at_eos_and_checks_arguments():
     assert out.shape[1] == 4 and out[0, -1].item() == first
     with pytest.raises(ConfigError):
         mm.generate(prompt[:, :0], 3)
+    _, state = mm.generate(prompt, 2, return_state=True)
+    assert state.tokens == 5
+    with pytest.raises(ConfigError, match="ends inside a segment"):
+        mm.generate(prompt, 2, state=state)
 
 
 def test_save_load_round_trip_and_base_check(tmp_path):

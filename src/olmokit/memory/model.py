@@ -381,6 +381,11 @@ class MemoryModel(nn.Module):
         full = (length - 1) // seg * seg  # whole segments before the one holding the last token
         if state is None:
             state = self.init_state(batch)
+        elif state.tokens % seg:
+            raise ConfigError(
+                f"the given memory state ends inside a segment ({state.tokens} tokens, segment_len "
+                f"{seg}); generate from a state that ends on a segment boundary"
+            )
         if full:
             state = self.forward(input_ids[:, :full], state=state, return_logits=False).memory_state
         seq = input_ids
