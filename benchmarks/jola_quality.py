@@ -489,6 +489,8 @@ def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
         lines.append(f"| {name} | {metric} | base | - | {b:.3f} | - | 0 | - | - |")
         entry: dict[str, Any] = {"base": round(base.get(name, float("nan")), 4)}
         for m, rs in by_method.items():
+            if not rs:  # a method the run did not reach (partial results)
+                continue
             mu, sd = _ms([r["test"] for r in rs])
             oh = [r["open_heads"] for r in rs if "open_heads" in r]
             heads = rs[0].get("heads")
@@ -502,7 +504,7 @@ def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
             )
             entry[m] = round(mu, 4)
             if m == "jola":
-                entry["jola_std"] = round(sd, 4)
+                entry["jola_std"] = round(sd, 4) if len(rs) > 1 else None
                 entry["open_head_fraction"] = round(statistics.mean(oh) / heads, 4)
         result[name] = entry
     lines.append("")
