@@ -57,6 +57,18 @@ CASES = [
         lambda p: plots.plot_gate_heatmap(torch.rand(3, 4), torch.rand(3, 4), [0, 2, 5], p),
         (int(3.25 * 100), int(6.1 * 100)),
     ),
+    (
+        "recall_vs_distance",
+        lambda p: plots.plot_recall_vs_distance(
+            [1, 4, 32], {"memory": [1.0, 0.98, 0.97], "base": [0.9, 0.03, 0.03]}, p, chance=1 / 32
+        ),
+        (360, 550),
+    ),
+    (
+        "recall_vs_pairs",
+        lambda p: plots.plot_recall_vs_pairs([1, 8, 32], {"memory": [1.0, 0.9, 0.5]}, p),
+        (360, 550),
+    ),
 ]
 
 
@@ -130,3 +142,9 @@ def test_signed_scores_use_a_scale_centred_at_zero(tmp_path):
     left, mid, right = (img[row, x] for x in xs)
     assert mid.min() > 0.9  # RdBu's centre is near white
     assert left[0] > left[2] and right[2] > right[0]  # red for -1, blue for +1
+
+
+def test_recall_curve_rejects_a_series_of_the_wrong_length(tmp_path):
+    with pytest.raises(ValueError, match="'memory' has 2 values for 3"):
+        plots.plot_recall_vs_pairs([1, 2, 4], {"memory": [1.0, 0.5]}, tmp_path / "r.png")
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""Every PNG figure olmokit writes: lens heatmaps and tables, the JoLA gate heatmap.
+"""Every PNG figure olmokit writes: lens heatmaps and tables, the JoLA gate heatmap, memory recall
+curves.
 
 Headless by construction: figures are built on the object-oriented :class:`matplotlib.figure.Figure`
 with an Agg canvas attached directly, so no display is needed, ``pyplot``'s global state is never
@@ -32,6 +33,8 @@ __all__ = [
     "plot_logit_lens",
     "plot_merge_map",
     "plot_patching_heatmap",
+    "plot_recall_vs_distance",
+    "plot_recall_vs_pairs",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -315,3 +318,57 @@ def plot_merge_map(
     ax_traj.legend(fontsize=7)
     fig.suptitle(title)
     return _save(fig, path, dpi=90)
+
+
+def _recall_curves(
+    x: Sequence[float],
+    series: dict[str, Sequence[float]],
+    path: PathLike,
+    xlabel: str,
+    title: str,
+    chance: float | None,
+    log_x: bool,
+) -> Path:
+    fig = _figure((5.5, 3.6))
+    ax = fig.subplots()
+    for name, values in series.items():
+        if len(values) != len(x):
+            raise ValueError(f"series {name!r} has {len(values)} values for {len(x)} x positions")
+        ax.plot(list(x), [float(v) for v in values], marker="o", markersize=4, label=str(name))
+    if chance is not None:
+        ax.axhline(
+            chance, color="gray", linestyle="--", linewidth=1, label=f"chance ({chance:.3f})"
+        )
+    if log_x:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(list(x), [f"{v:g}" for v in x])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _save(fig, path, dpi=100)
+
+
+def plot_recall_vs_distance(
+    windows: Sequence[float],
+    series: dict[str, Sequence[float]],
+    path: PathLike,
+    chance: float | None = None,
+    title: str = "passkey recall vs distance",
+) -> Path:
+    """Answer accuracy (one line per condition: base, memory, ...) against the needle's distance in
+    attention windows (log-2 axis); ``chance`` draws the level a blind guess reaches."""
+    return _recall_curves(windows, series, path, "distance (windows)", title, chance, True)
+
+
+def plot_recall_vs_pairs(
+    pairs: Sequence[int],
+    series: dict[str, Sequence[float]],
+    path: PathLike,
+    chance: float | None = None,
+    title: str = "associative recall vs number of pairs",
+) -> Path:
+    """Answer accuracy against the number of key→value pairs held at once (the memory's capacity
+    curve; log-2 axis), one line per condition."""
+    return _recall_curves(pairs, series, path, "key-value pairs", title, chance, True)

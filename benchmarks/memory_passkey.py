@@ -1,0 +1,277 @@
+"""Does the memory recall beyond the attention window? Passkey, multi-query associative recall (MQAR)
+and real text, each under four conditions.
+
+Run: ``python benchmarks/memory_passkey.py [--out runs/memory-passkey] [--smoke]``.
+
+* **Base** (:func:`olmokit.memory.demo.make_demo_base`): a tiny OLMo-3 whose every layer is
+  ``sliding_attention`` with window ``W`` (default 32), trained with HF ``Trainer`` on in-window
+  passkey and MQAR over the synthetic :class:`~olmokit.data.longctx.TaskVocab` (32 values: chance
+  is 1/32). Reused from ``OUT/base`` when built with the same settings.
+* **Memory** (:mod:`olmokit.memory`): MAG at layer 1 (written and read from the frozen base's
+  contextual hidden states), segments of one window; only the memory trains, on the task, with the
+  evidence 1-8 windows away (passkey) or 8-9 windows away (MQAR, 1-32 pairs per example).
+* **Conditions**: ``base`` — the windowed base alone (the memory disabled; segments of ``W``);
+  ``memory`` — the memory carried across segments; ``reset`` — the memory reset at every segment
+  (it can only see the current window, like the base); ``shuffled`` — each example reads another
+  example's memory (a derangement of the batch). A memory that recalls the needle beats the
+  three controls, which stay at chance.
+* **Passkey**: the needle 32-33 windows before the question (a one-window range, so the needle
+  falls at every offset inside a segment); accuracy vs distance over 1-64 windows for the curve.
+* **MQAR**: 8 key→value pairs written over two windows, each queried 8-9 windows later; accuracy
+  per query; the capacity curve over 1-32 pairs.
+* **Real text**: the *shipped* ``olmo2-stdlib`` as frozen base with segments of 32 tokens and a
+  memory (MAG, layer 2) trained on blocks of the zoo corpus's training split; mean NLL of tokens
+  beyond the first window of held-out code files (8 windows long, never seen by the zoo model),
+  base vs memory, with the standard error of the paired per-block difference.
+
+Plots: ``OUT/recall_vs_distance.png``, ``OUT/recall_vs_pairs.png``; each stage's numbers in
+``OUT/<stage>.json``, all of them in ``OUT/results.json``. Stages may run in parallel processes
+(``--only passkey``, ``--only mqar``, ``--only text`` once the base exists), then ``--summarize``
+prints the combined line. The last line is ``RESULT {json}``. ``--smoke`` runs every stage with a few
+steps and examples (seconds, numbers meaningless) to check the harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from olmokit.data.longctx import long_documents
+from olmokit.eval.longctx import mean_stderr, paired_stderr, position_loss, span_accuracy
+from olmokit.files import atomic_write_json
+from olmokit.loading import load_model, load_tokenizer
+from olmokit.memory import MemorySettings, attach_memory
+from olmokit.memory.demo import (
+    DemoBaseSettings,
+    DemoMemorySettings,
+    attach_demo_memory,
+    load_demo_base,
+    make_demo_base,
+    mqar_set,
+    passkey_set,
+    train_demo_memory,
+)
+from olmokit.plots import plot_recall_vs_distance, plot_recall_vs_pairs
+
+TEXT_BASE = "olmo2-stdlib"
+
+
+def log(*args: Any) -> None:
+    print(*args, flush=True)
+
+
+def conditions(mm, items, batch_size: int) -> dict[str, float]:
+    """Accuracy of the four conditions on one list of examples."""
+
+    def acc(**kw: Any) -> float:
+        return span_accuracy(lambda ids: mm(ids, **kw).logits, items, batch_size, mm).accuracy
+
+    out = {"memory": acc(), "reset": acc(reset_every_segment=True)}
+    out["shuffled"] = acc(shuffle_state=True)
+    with mm.disabled():
+        out["base"] = acc()
+    return out
+
+
+def rows(ds) -> list[dict[str, torch.Tensor]]:
+    return [ds[i] for i in range(len(ds))]
+
+
+def passkey_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]:
+    w, vocab, seed = base.window, base.vocab, mem.seed
+    mm = attach_demo_memory(load_demo_base(base), w, mem)
+    train = passkey_set(vocab, w, (w, 8 * w), mem.steps * mem.batch_size, seed, "pk-train")
+    t = time.time()
+    summary = train_demo_memory(mm, train, mem, out / "work-passkey")
+    log(f"passkey: memory trained in {time.time() - t:.0f}s, loss {summary['train_loss']:.3f}")
+    mm.eval()
+    d = args.distance
+    test = rows(passkey_set(vocab, w, (d * w, (d + 1) * w), args.n_eval, seed, "pk-test"))
+    result = {"distance_windows": d, **conditions(mm, test, args.batch_size)}
+    curve: dict[str, list[float]] = {"memory": [], "base": []}
+    for k in args.curve_distances:
+        items = rows(passkey_set(vocab, w, (k * w, (k + 1) * w), args.n_curve, seed, f"pk-{k}"))
+        curve["memory"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
+        with mm.disabled():
+            curve["base"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
+    result["curve"] = {"windows": list(args.curve_distances), **curve}
+    result["train_loss"] = summary["train_loss"]
+    plot_recall_vs_distance(
+        args.curve_distances, curve, out / "recall_vs_distance.png", chance=vocab.chance()
+    )
+    log(f"passkey at {d}-{d + 1} windows: {json.dumps(result)}")
+    return result
+
+
+def mqar_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]:
+    w, vocab, seed = base.window, base.vocab, mem.seed
+    mm = attach_demo_memory(load_demo_base(base), w, mem)
+    dist = (8 * w, 9 * w)
+    train = mqar_set(vocab, w, (1, 32), dist, mem.steps * mem.batch_size, seed, "mq-train")
+    t = time.time()
+    summary = train_demo_memory(mm, train, mem, out / "work-mqar")
+    log(f"mqar: memory trained in {time.time() - t:.0f}s, loss {summary['train_loss']:.3f}")
+    mm.eval()
+    test = rows(mqar_set(vocab, w, args.pairs, dist, args.n_eval, seed, "mq-test"))
+    result = {"pairs": args.pairs, **conditions(mm, test, args.batch_size)}
+    curve: dict[str, list[float]] = {"memory": [], "base": []}
+    for n in args.curve_pairs:
+        items = rows(mqar_set(vocab, w, n, dist, args.n_curve, seed, f"mq-{n}"))
+        curve["memory"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
+        with mm.disabled():
+            curve["base"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
+    result["curve"] = {"pairs": list(args.curve_pairs), **curve}
+    result["train_loss"] = summary["train_loss"]
+    plot_recall_vs_pairs(args.curve_pairs, curve, out / "recall_vs_pairs.png", vocab.chance())
+    log(f"mqar, {args.pairs} pairs 8-9 windows later: {json.dumps(result)}")
+    return result
+
+
+def text_stage(mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]:
+    """The shipped zoo model as frozen base: loss beyond the first window, with and without memory."""
+    w = args.text_window
+    length = 8 * w
+    tokenizer = load_tokenizer(TEXT_BASE)
+    model = load_model(TEXT_BASE, dtype="float32").eval()
+    settings = MemorySettings(
+        memory_layers=[2],
+        mode="mag",
+        segment_len=w,
+        heads=4,
+        hidden=128,
+        conv_kernel=mem.conv_kernel,
+        chunk_train=w // 2,
+        chunk_prefill=w // 2,
+        init_seed=mem.seed,
+    )
+    mm = attach_memory(model, settings)
+    train_docs = long_documents(
+        tokenizer,
+        length,
+        held_out=False,
+        blocks_per_document=4,
+        max_documents=args.text_train_docs,
+        seed=mem.seed,
+    )
+    need = mem.steps * mem.batch_size
+    train = [train_docs[i % len(train_docs)].features() for i in range(need)]
+    t = time.time()
+    summary = train_demo_memory(mm, train, mem, out / "work-text")
+    log(f"text: memory trained in {time.time() - t:.0f}s on {len(train_docs)} blocks")
+    mm.eval()
+    test = long_documents(
+        tokenizer, length, held_out=True, blocks_per_document=2, max_documents=args.text_docs
+    )
+    items = [d.features() for d in test]
+    mem_loss = position_loss(lambda ids: mm(ids).logits, items, w, args.batch_size, mm)
+    reset = position_loss(
+        lambda ids: mm(ids, reset_every_segment=True).logits, items, w, args.batch_size, mm
+    )
+    with mm.disabled():
+        base_loss = position_loss(lambda ids: mm(ids).logits, items, w, args.batch_size, mm)
+    result = {
+        "base_model": TEXT_BASE,
+        "window": w,
+        "blocks": len(items),
+        "block_tokens": length,
+        "loss_base": base_loss.mean,
+        "loss_memory": mem_loss.mean,
+        "loss_reset": reset.mean,
+        "stderr_paired": paired_stderr(base_loss.per_example, mem_loss.per_example),
+        "stderr_base": mean_stderr(base_loss.per_example)[1],
+        "train_loss": summary["train_loss"],
+        "train_blocks": len(train_docs),
+    }
+    log(f"text: {json.dumps(result)}")
+    return result
+
+
+STAGES = {"passkey": passkey_stage, "mqar": mqar_stage, "text": text_stage}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/memory-passkey")
+    p.add_argument("--smoke", action="store_true", help="seconds-long harness check")
+    p.add_argument("--window", type=int, default=32)
+    p.add_argument("--distance", type=int, default=32, help="passkey distance in windows")
+    p.add_argument("--pairs", type=int, default=8)
+    p.add_argument("--steps", type=int, default=600, help="memory training steps per task")
+    p.add_argument("--text-steps", type=int, default=200)
+    p.add_argument("--base-steps", type=int, default=DemoBaseSettings.steps)
+    p.add_argument("--n-eval", type=int, default=256)
+    p.add_argument("--n-curve", type=int, default=64)
+    p.add_argument("--text-window", type=int, default=32)
+    p.add_argument("--text-docs", type=int, default=64, help="held-out files scored")
+    p.add_argument("--text-train-docs", type=int, default=256, help="training files read")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--only", choices=list(STAGES), nargs="+", help="run these stages only")
+    p.add_argument(
+        "--summarize", action="store_true", help="run nothing; summarise the stages in OUT"
+    )
+    args = p.parse_args(argv)
+    args.curve_distances = [1, 2, 4, 8, 16, 32, 64]
+    args.curve_pairs = [1, 2, 4, 8, 16, 32]
+    mem = DemoMemorySettings(steps=args.steps)
+    base_settings = DemoBaseSettings(window=args.window, steps=args.base_steps)
+    if args.smoke:
+        args.out = str(Path(args.out).with_name(Path(args.out).name + "-smoke"))
+        args.distance, args.n_eval, args.n_curve, args.text_docs = 4, 8, 4, 2
+        args.text_steps, args.text_train_docs = 2, 2
+        args.curve_distances, args.curve_pairs = [1, 4], [1, 8]
+        base_settings = replace(base_settings, window=16, steps=3, batch_size=4, max_pairs=2)
+        mem = replace(mem, steps=2, batch_size=2)
+        args.text_window = 16
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    base = make_demo_base(out / "base", base_settings, log=log)
+    results: dict[str, Any] = {"base": base.info, "memory_settings": vars(mem).copy()}
+    stages = [] if args.summarize else (args.only or list(STAGES))
+    for name in stages:
+        if name == "text":
+            stage_mem = replace(mem, steps=args.text_steps, batch_size=8)
+            stage = text_stage(stage_mem, args, out)
+        else:
+            stage = STAGES[name](base, mem, args, out)
+        shutil.rmtree(out / f"work-{name}", ignore_errors=True)
+        atomic_write_json(out / f"{name}.json", stage)
+    # stages run by earlier (or parallel, --only) invocations into the same OUT count too
+    for name in STAGES:
+        if (out / f"{name}.json").is_file():
+            results[name] = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
+    results["seconds"] = time.time() - started
+    atomic_write_json(out / "results.json", results)
+    pk, mq, tx = results.get("passkey", {}), results.get("mqar", {}), results.get("text", {})
+    nan = None  # a stage not run: null in the JSON
+    summary = {
+        "window": base.window,
+        "distance": args.distance * base.window,
+        "chance": base.vocab.chance(),
+        "base_acc": pk.get("base", nan),
+        "memory_acc": pk.get("memory", nan),
+        "reset_acc": pk.get("reset", nan),
+        "shuffled_acc": pk.get("shuffled", nan),
+        "mqar_pairs": args.pairs,
+        "mqar_memory_acc": mq.get("memory", nan),
+        "mqar_base_acc": mq.get("base", nan),
+        "mqar_reset_acc": mq.get("reset", nan),
+        "mqar_shuffled_acc": mq.get("shuffled", nan),
+        "text_loss_base": tx.get("loss_base", nan),
+        "text_loss_memory": tx.get("loss_memory", nan),
+        "text_loss_stderr": tx.get("stderr_paired", nan),
+        "seconds": round(results["seconds"], 1),
+    }
+    print("RESULT " + json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
