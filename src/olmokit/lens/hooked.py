@@ -84,27 +84,27 @@ class _WeightContainer(_Container):
 
 class _EmbedWeights:
     def __init__(self, adapter: FamilyAdapter):
-        self._a = adapter
+        self._adapter = adapter
 
     @property
     def W_E(self) -> torch.Tensor:
         """Token embeddings ``[d_vocab, d_model]`` (the HF embedding weight itself)."""
-        return self._a.embed_tokens().weight
+        return self._adapter.embed_tokens().weight
 
 
 class _UnembedWeights:
     def __init__(self, adapter: FamilyAdapter):
-        self._a = adapter
+        self._adapter = adapter
 
     @property
     def W_U(self) -> torch.Tensor:
         """Unembedding ``[d_model, d_vocab]`` (the lm_head weight, transposed view)."""
-        return self._a.lm_head().weight.T
+        return self._adapter.lm_head().weight.T
 
     @property
     def b_U(self) -> torch.Tensor:
         """Unembedding bias ``[d_vocab]``: OLMo has none, so zeros (as TL's OLMo conversion)."""
-        head = self._a.lm_head()
+        head = self._adapter.lm_head()
         if head.bias is not None:
             return head.bias
         return torch.zeros(head.weight.shape[0], dtype=head.weight.dtype, device=head.weight.device)

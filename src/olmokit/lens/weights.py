@@ -49,22 +49,22 @@ class AttnWeights:
     """TL's attention weight names for one layer (``model.blocks[i].attn``)."""
 
     def __init__(self, adapter: FamilyAdapter, layer: int):
-        self._a, self._i = adapter, layer
+        self._adapter, self._i = adapter, layer
 
     @property
     def W_Q(self) -> torch.Tensor:
-        a = self._a
-        return _heads_in(a.q_proj(self._i), a.num_heads, a.head_dim)
+        adapter = self._adapter
+        return _heads_in(adapter.q_proj(self._i), adapter.num_heads, adapter.head_dim)
 
     @property
     def _W_K(self) -> torch.Tensor:
-        a = self._a
-        return _heads_in(a.k_proj(self._i), a.num_kv_heads, a.head_dim)
+        adapter = self._adapter
+        return _heads_in(adapter.k_proj(self._i), adapter.num_kv_heads, adapter.head_dim)
 
     @property
     def _W_V(self) -> torch.Tensor:
-        a = self._a
-        return _heads_in(a.v_proj(self._i), a.num_kv_heads, a.head_dim)
+        adapter = self._adapter
+        return _heads_in(adapter.v_proj(self._i), adapter.num_kv_heads, adapter.head_dim)
 
     @property
     def W_K(self) -> torch.Tensor:
@@ -76,23 +76,23 @@ class AttnWeights:
 
     @property
     def W_O(self) -> torch.Tensor:
-        a = self._a
-        return a.o_proj(self._i).weight.T.unflatten(0, (a.num_heads, a.head_dim))
+        adapter = self._adapter
+        return adapter.o_proj(self._i).weight.T.unflatten(0, (adapter.num_heads, adapter.head_dim))
 
     @property
     def b_Q(self) -> torch.Tensor:
-        a = self._a
-        return _bias_heads(a.q_proj(self._i), a.num_heads, a.head_dim)
+        adapter = self._adapter
+        return _bias_heads(adapter.q_proj(self._i), adapter.num_heads, adapter.head_dim)
 
     @property
     def _b_K(self) -> torch.Tensor:
-        a = self._a
-        return _bias_heads(a.k_proj(self._i), a.num_kv_heads, a.head_dim)
+        adapter = self._adapter
+        return _bias_heads(adapter.k_proj(self._i), adapter.num_kv_heads, adapter.head_dim)
 
     @property
     def _b_V(self) -> torch.Tensor:
-        a = self._a
-        return _bias_heads(a.v_proj(self._i), a.num_kv_heads, a.head_dim)
+        adapter = self._adapter
+        return _bias_heads(adapter.v_proj(self._i), adapter.num_kv_heads, adapter.head_dim)
 
     @property
     def b_K(self) -> torch.Tensor:
@@ -104,18 +104,18 @@ class AttnWeights:
 
     @property
     def b_O(self) -> torch.Tensor:
-        o = self._a.o_proj(self._i)
-        return o.bias if o.bias is not None else _zeros_like_out(o, self._a.hidden_size)
+        o = self._adapter.o_proj(self._i)
+        return o.bias if o.bias is not None else _zeros_like_out(o, self._adapter.hidden_size)
 
     @property
     def q_norm_w(self) -> torch.Tensor | None:
         """OLMo-2/3 q-norm weight ``[n_heads * d_head]`` (``None`` for OLMo v1)."""
-        norm = self._a.q_norm(self._i)
+        norm = self._adapter.q_norm(self._i)
         return None if norm is None else norm.weight
 
     @property
     def k_norm_w(self) -> torch.Tensor | None:
-        norm = self._a.k_norm(self._i)
+        norm = self._adapter.k_norm(self._i)
         return None if norm is None else norm.weight
 
     @property
@@ -131,7 +131,7 @@ class AttnWeights:
         return FactoredMatrix(self.W_V, self.W_O)
 
     def _repeat(self, t: torch.Tensor) -> torch.Tensor:
-        group = self._a.kv_group_size
+        group = self._adapter.kv_group_size
         return t if group == 1 else t.repeat_interleave(group, dim=0)
 
 
@@ -139,29 +139,33 @@ class MlpWeights:
     """TL's gated-MLP weight names for one layer (``model.blocks[i].mlp``)."""
 
     def __init__(self, adapter: FamilyAdapter, layer: int):
-        self._a, self._i = adapter, layer
+        self._adapter, self._i = adapter, layer
 
     @property
     def W_in(self) -> torch.Tensor:
-        return self._a.up_proj(self._i).weight.T
+        return self._adapter.up_proj(self._i).weight.T
 
     @property
     def W_gate(self) -> torch.Tensor:
-        return self._a.gate_proj(self._i).weight.T
+        return self._adapter.gate_proj(self._i).weight.T
 
     @property
     def W_out(self) -> torch.Tensor:
-        return self._a.down_proj(self._i).weight.T
+        return self._adapter.down_proj(self._i).weight.T
 
     @property
     def b_in(self) -> torch.Tensor:
-        up = self._a.up_proj(self._i)
-        return up.bias if up.bias is not None else _zeros_like_out(up, self._a.intermediate_size)
+        up = self._adapter.up_proj(self._i)
+        return (
+            up.bias if up.bias is not None else _zeros_like_out(up, self._adapter.intermediate_size)
+        )
 
     @property
     def b_out(self) -> torch.Tensor:
-        down = self._a.down_proj(self._i)
-        return down.bias if down.bias is not None else _zeros_like_out(down, self._a.hidden_size)
+        down = self._adapter.down_proj(self._i)
+        return (
+            down.bias if down.bias is not None else _zeros_like_out(down, self._adapter.hidden_size)
+        )
 
 
 #: stacked property name -> ("attn" | "mlp", per-layer attribute)
