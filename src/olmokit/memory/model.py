@@ -49,6 +49,7 @@ __all__ = [
     "MemoryModelState",
     "MemoryOutput",
     "attach_memory",
+    "iter_memory_layers",
     "load_memory",
     "read_memory_settings",
     "save_memory_state",
@@ -598,4 +599,5 @@ def load_memory(
 
 
 def iter_memory_layers(mm: MemoryModel) -> Iterator[tuple[int, MemoryLayer]]:
+    """``(layer index, MemoryLayer)`` in layer order (for diagnostics: gates, memory parameters)."""
     yield from sorted(mm.memory_layers.items())
