@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.common import add_run_dir_args, add_tool_parser, print_table, require_prompt
+from .demo import register_demo
 
 __all__ = ["register"]
 
@@ -69,6 +70,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute each segment (slow; a check)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_generate)
+
+    register_demo(verbs)  # olmokit memory make-demo-base (M3's demo recipe)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -380,8 +380,8 @@ def register_demo(verbs: Any) -> None:
         help="train the tiny windowed task base of the memory demo (about a minute on CPU)",
     )
     p.add_argument("out", nargs="?", default=DEMO_BASE_DIR, help="output directory")
-    p.add_argument("--steps", type=int, default=DemoBaseSettings.steps)
-    p.add_argument("--window", type=int, default=DemoBaseSettings.window)
+    p.add_argument("--steps", type=int, default=DemoBaseSettings.steps, help="optimizer steps")
+    p.add_argument("--window", type=int, default=DemoBaseSettings.window, help="attention window")
     p.add_argument("--seed", type=int, default=DemoBaseSettings.seed)
     p.set_defaults(func=_cli_make_demo_base)
 
