@@ -63,18 +63,31 @@ def test_prefill_then_decode_equals_full_forward(chunk):
 
 def test_default_chunks_follow_mode():
     mem = make_memory(chunk_train=4, chunk_prefill=8, chunk_decode=1)
-    x = torch.randn(1, 11, 10, dtype=torch.float64)
+    x = torch.randn(1, 15, 10, dtype=torch.float64)
     assert maxdiff(mem(x)[0], mem(x, chunk_size=4)[0]) == 0
     mem.eval()
     assert mem.resolve_chunk(None, 11) == 8 and mem.resolve_chunk(None, 1) == 1
     assert maxdiff(mem(x)[0], mem(x, chunk_size=8)[0]) == 0
-    # prefill at 8 leaves 3 pending; decoding at chunk 1 first closes that partial chunk, and the
-    # result is the reference semantics of chunks [0,8) [8,11) then single tokens
-    _, state = mem(x[:, :11])
-    assert state.pending == 3
-    step, state2 = mem(x[:, :1], state)
-    assert state2.pending == 0 and state2.position == 12
-    assert torch.isfinite(step).all()
+
+
+def test_prefill_and_decode_chunk_sizes_may_differ():
+    """Prefill at 8 leaves 3 tokens pending; decoding at chunk 1 first closes that partial chunk: the
+    result is the reference with chunks [0, 8), [8, 11), then one token each."""
+    mem = make_memory(chunk_prefill=8, chunk_decode=1).eval()
+    x = torch.randn(2, 15, 10, dtype=torch.float64)
+    out, state = mem(x[:, :11])
+    assert state.pending == 3 and state.pending_chunk == 8
+    outs = [out]
+    for t in range(11, 15):
+        step, state = mem(x[:, t : t + 1], state)
+        outs.append(step)
+    assert state.pending == 0 and state.position == 15
+    y_ref, w_ref, _ = reference_forward(mem, x, 8, chunk_lengths=[8, 3, 1, 1, 1, 1])
+    assert maxdiff(torch.cat(outs, 1), y_ref) < 1e-12
+    for a, b in zip(state.weights, w_ref):
+        assert maxdiff(a, b) < 1e-12
+    # and it is not the same as one call at chunk 8 (so the comparison above can fail)
+    assert maxdiff(torch.cat(outs, 1), mem(x, chunk_size=8)[0]) > 1e-6
 
 
 def test_store_then_retrieve_matches_forward():

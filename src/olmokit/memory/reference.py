@@ -66,11 +66,19 @@ def _causal_conv(raw: Tensor, weight: Tensor) -> Tensor:
     return out
 
 
-def reference_forward(mem, x: Tensor, chunk_size: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+def reference_forward(
+    mem, x: Tensor, chunk_size: int, chunk_lengths: list[int] | None = None
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Store and retrieve ``x`` [B, T, dim] from a fresh state, one token at a time.
 
-    Returns (y [B, T, dim], final weights, final momentum), weights as ``[B·heads, in, out]``.
+    Chunks start at multiples of ``chunk_size``, or, with ``chunk_lengths``, at the running sums of
+    those lengths (to check calls that switch chunk size). Returns (y [B, T, dim], final weights,
+    final momentum), weights as ``[B·heads, in, out]``.
     """
+    if chunk_lengths is None:
+        starts = set(range(0, x.shape[1], chunk_size))
+    else:
+        starts = {sum(chunk_lengths[:i]) for i in range(len(chunk_lengths))}
     c = mem.config
     bsz, n_tok, _ = x.shape
     h, d = c.heads, c.head_dim
@@ -104,7 +112,7 @@ def reference_forward(mem, x: Tensor, chunk_size: int) -> tuple[Tensor, list[Ten
     start = list(weights)
     ys = []
     for t in range(n_tok):
-        if t % chunk_size == 0:
+        if t in starts:
             start = list(weights)
         loss = reference_loss(
             _mlp(k[:, t], start, c.residual_norm), v[:, t], c.bias, c.huber_delta, c.lp_p, c.lp_eps
