@@ -15,7 +15,7 @@ from olmokit.zoo.presets import random_model
 SEG = 8
 
 
-@pytest.mark.parametrize("verb", [[], ["train"], ["eval"], ["generate"]])
+@pytest.mark.parametrize("verb", [[], ["train"], ["eval"], ["generate"], ["make-demo-base"]])
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["memory", *verb, "--help"])
