@@ -37,7 +37,7 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,7 @@ def passkey_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, A
             curve["base"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
     result["curve"] = {"windows": list(args.curve_distances), **curve}
     result["train_loss"] = summary["train_loss"]
+    result["memory_settings"] = asdict(mem)
     plot_recall_vs_distance(
         args.curve_distances, curve, out / "recall_vs_distance.png", chance=vocab.chance()
     )
@@ -129,6 +130,7 @@ def mqar_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]
             curve["base"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
     result["curve"] = {"pairs": list(args.curve_pairs), **curve}
     result["train_loss"] = summary["train_loss"]
+    result["memory_settings"] = asdict(mem)
     plot_recall_vs_pairs(args.curve_pairs, curve, out / "recall_vs_pairs.png", vocab.chance())
     log(f"mqar, {args.pairs} pairs 8-9 windows later: {json.dumps(result)}")
     return result
@@ -188,6 +190,7 @@ def text_stage(mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]:
         "stderr_base": mean_stderr(base_loss.per_example)[1],
         "train_loss": summary["train_loss"],
         "train_blocks": len(train_docs),
+        "memory_settings": asdict(mem),
     }
     log(f"text: {json.dumps(result)}")
     return result
@@ -204,6 +207,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--distance", type=int, default=32, help="passkey distance in windows")
     p.add_argument("--pairs", type=int, default=8)
     p.add_argument("--steps", type=int, default=600, help="memory training steps per task")
+    p.add_argument("--mqar-steps", type=int, default=None, help="default: --steps")
+    p.add_argument("--mqar-batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=DemoMemorySettings.learning_rate)
     p.add_argument("--text-steps", type=int, default=200)
     p.add_argument("--base-steps", type=int, default=DemoBaseSettings.steps)
     p.add_argument("--n-eval", type=int, default=256)
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     args.curve_distances = [1, 2, 4, 8, 16, 32, 64]
     args.curve_pairs = [1, 2, 4, 8, 16, 32]
-    mem = DemoMemorySettings(steps=args.steps)
+    mem = DemoMemorySettings(steps=args.steps, learning_rate=args.lr)
     base_settings = DemoBaseSettings(window=args.window, steps=args.base_steps)
     if args.smoke:
         args.out = str(Path(args.out).with_name(Path(args.out).name + "-smoke"))
@@ -228,19 +234,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.curve_distances, args.curve_pairs = [1, 4], [1, 8]
         base_settings = replace(base_settings, window=16, steps=3, batch_size=4, max_pairs=2)
         mem = replace(mem, steps=2, batch_size=2)
+        args.mqar_steps, args.mqar_batch_size = 2, 2
         args.text_window = 16
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     base = make_demo_base(out / "base", base_settings, log=log)
-    results: dict[str, Any] = {"base": base.info, "memory_settings": vars(mem).copy()}
+    results: dict[str, Any] = {"base": base.info}
     stages = [] if args.summarize else (args.only or list(STAGES))
     for name in stages:
         if name == "text":
             stage_mem = replace(mem, steps=args.text_steps, batch_size=8)
             stage = text_stage(stage_mem, args, out)
+        elif name == "mqar":
+            steps = args.mqar_steps or mem.steps
+            stage_mem = replace(mem, steps=steps, batch_size=args.mqar_batch_size)
+            stage = mqar_stage(base, stage_mem, args, out)
         else:
-            stage = STAGES[name](base, mem, args, out)
+            stage = passkey_stage(base, mem, args, out)
         shutil.rmtree(out / f"work-{name}", ignore_errors=True)
         atomic_write_json(out / f"{name}.json", stage)
     # stages run by earlier (or parallel, --only) invocations into the same OUT count too
