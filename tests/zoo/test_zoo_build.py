@@ -68,6 +68,7 @@ def test_presets_reproduce_the_shipped_configs(name):
         cfg.size,
         vocab_size=shipped["vocab_size"],
         max_position_embeddings=max(512, cfg.seq_len),
+        **cfg.architecture,
     ).to_dict()
     ignored = {"dtype", "_name_or_path"}  # stored as save_dtype; where it was loaded from
     assert {k: v for k, v in shipped.items() if k not in ignored} == {

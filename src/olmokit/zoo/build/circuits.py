@@ -19,9 +19,17 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ...errors import ConfigError
 from ...eval.nll import token_nll
+from ...family import get_adapter
 
-__all__ = ["RepeatedSequences", "MixedBlocks", "InductionProbe", "induction_probe"]
+__all__ = [
+    "RepeatedSequences",
+    "MixedBlocks",
+    "InductionProbe",
+    "induction_probe",
+    "circuit_friendly_init",
+]
 
 #: Token ids below this are the zoo tokenizer's special tokens; random sequences never use them.
 FIRST_ORDINARY_ID = 4
@@ -66,6 +74,38 @@ class MixedBlocks(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         n = len(self.text)
         return self.text[i] if i < n else self.synthetic[i - n]
+
+
+@torch.no_grad()
+def circuit_friendly_init(
+    model: torch.nn.Module,
+    embedding_std: float | None = None,
+    post_norm_init: float | None = None,
+    seed: int = 0,
+) -> None:
+    """Initialisation that lets a tiny post-norm OLMo grow an induction circuit in minutes.
+
+    OLMo-2 normalises every sublayer's *output* to unit scale before adding it to the residual
+    stream, while the embeddings start at std 0.02: after one layer a token's own identity is a few
+    percent of the stream, and the second layer cannot match it against the previous token's
+    (measured: no induction head after 2,000 steps). Larger embeddings (``embedding_std``) and small
+    post-norm weights (``post_norm_init``, like LayerScale: every layer starts near the identity)
+    keep the token visible; the phase change then comes after a few hundred steps.
+    """
+    if embedding_std is not None:
+        weight = model.get_input_embeddings().weight
+        gen = torch.Generator().manual_seed(seed)
+        weight.copy_(torch.randn(weight.shape, generator=gen) * embedding_std)
+    if post_norm_init is not None:
+        adapter = get_adapter(model)
+        if adapter.norm_placement != "post":
+            raise ConfigError(
+                f"post_norm_init needs a post-norm family (OLMo-2/3); {adapter.spec.display_name} "
+                "normalises sublayer inputs"
+            )
+        for i in range(adapter.num_layers):
+            for norm in adapter.norms(i).values():
+                norm.weight.fill_(post_norm_init)
 
 
 @dataclass

@@ -26,6 +26,20 @@ class ZooBuildConfig(OlmokitConfig):
     seq_len: int = Field(256, gt=8, description="tokens per sequence")
     learning_rate: float = Field(3e-3, gt=0, description="peak AdamW learning rate (cosine decay)")
     warmup_steps: int = Field(60, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (norm weights exempt)")
+    embedding_init_std: float | None = Field(
+        None,
+        gt=0,
+        description="re-draw the input embeddings with this std (default: the config's 0.02); "
+        "with post-norm OLMo-2 a token's identity must not drown under the unit-scale sublayer "
+        "outputs for an induction circuit to form in minutes",
+    )
+    post_norm_init: float | None = Field(
+        None,
+        gt=0,
+        description="initial weight of the post-sublayer norms (OLMo-2/3; default 1): small "
+        "values start each layer near the identity, as LayerScale does",
+    )
     seed: int = Field(0, description="seed for init, data order and sampling")
     repeat_prose: int = Field(2, ge=1, description="times each prose document appears in training")
     repeat_share: float = Field(
@@ -39,6 +53,12 @@ class ZooBuildConfig(OlmokitConfig):
     repeat_max_len: int | None = Field(
         None, ge=2, description="longest repeated random sequence (default seq_len // 2)"
     )
+    vocab_size: int | None = Field(
+        None,
+        ge=260,
+        description="size of the trained BPE vocabulary (default 4096, the zoo's); a small "
+        "vocabulary trains faster and makes random-token probes cover every token",
+    )
     tokenizer: str | None = Field(
         None,
         description="reuse this shipped zoo model's tokenizer (same token ids, no tokenizer "
@@ -51,6 +71,8 @@ class ZooBuildConfig(OlmokitConfig):
 
     @model_validator(mode="after")
     def _check_repeat_lengths(self) -> ZooBuildConfig:
+        if self.tokenizer is not None and self.vocab_size is not None:
+            raise ValueError("give tokenizer (reuse one) or vocab_size (train one), not both")
         longest = self.repeat_max_len or self.seq_len // 2
         if not self.repeat_min_len <= longest <= self.seq_len // 2:
             raise ValueError(

@@ -67,6 +67,7 @@ def pretrain(
     seed: int,
     warmup_steps: int = 50,
     save_steps: int = 100,
+    weight_decay: float = 0.1,
 ) -> dict[str, Any]:
     """Train with ``Trainer``; resumes from the newest checkpoint in ``work_dir`` if one exists."""
     from transformers import Trainer, TrainingArguments
@@ -79,7 +80,7 @@ def pretrain(
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=warmup_steps,
-        weight_decay=0.1,
+        weight_decay=weight_decay,
         adam_beta2=0.95,
         max_grad_norm=1.0,
         logging_steps=max(1, steps // 20),

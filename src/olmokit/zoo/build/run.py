@@ -17,10 +17,10 @@ import torch
 
 from ...data.stdlib import build_corpus, python_fingerprint
 from ...files import atomic_directory, atomic_save_safetensors, atomic_write_json, load_safetensors
-from ..presets import make_config
+from ..presets import ZOO_VOCAB_SIZE, make_config
 from ..registry import shipped_path
 from .card import render_model_card
-from .circuits import MixedBlocks, RepeatedSequences, induction_probe
+from .circuits import MixedBlocks, RepeatedSequences, circuit_friendly_init, induction_probe
 from .config import ZooBuildConfig
 from .pretrain import (
     BlockDataset,
@@ -55,7 +55,9 @@ def _token_streams(
 
         tokenizer = AutoTokenizer.from_pretrained(shipped_path(cfg.tokenizer))
     else:
-        tokenizer = train_tokenizer(d.text for d in train_docs)
+        tokenizer = train_tokenizer(
+            (d.text for d in train_docs), vocab_size=cfg.vocab_size or ZOO_VOCAB_SIZE
+        )
     train = tokenize_documents(tokenizer, train_docs, repeat_prose=cfg.repeat_prose)
     held = tokenize_documents(tokenizer, held_docs)
     tokenizer.save_pretrained(tok_dir)
@@ -98,6 +100,7 @@ def build_zoo_model(
     )
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    circuit_friendly_init(model, cfg.embedding_init_std, cfg.post_norm_init, cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg.model_type} {cfg.size}, {n_params:,} parameters")
     t_train = time.time()
@@ -110,6 +113,7 @@ def build_zoo_model(
         learning_rate=cfg.learning_rate,
         seed=cfg.seed,
         warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
         save_steps=max(50, cfg.steps // 12),
     )
     train_seconds = time.time() - t_train
