@@ -17,7 +17,7 @@ outputs are cast back to x's dtype.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -428,5 +428,5 @@ class NeuralMemory(nn.Module):
         y = mlp_forward(q, self.current_weights(state), self.spec)
         out = self._out(y, x.shape[0], x.dtype)
         if return_state:
-            return out, MemoryState(**{**state.__dict__, "conv_q": conv_q})
+            return out, replace(state, conv_q=conv_q)
         return out
