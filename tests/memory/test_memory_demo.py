@@ -37,7 +37,7 @@ def test_every_layer_is_windowed_on_cpu(impl):
     last token depends on exactly the last 2 * (W - 1) + 1 tokens."""
     settings = replace(SMOKE, window=8)
     config = demo_base_config(settings)
-    assert config.layer_types == ["sliding_attention"] * settings.layers
+    assert config.layer_types == ["sliding_attention"] * settings.num_layers
     config._attn_implementation = impl
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()

@@ -80,7 +80,7 @@ class DemoBaseSettings:
 
     window: int = 32
     hidden_size: int = 64
-    layers: int = 2
+    num_layers: int = 2
     heads: int = 4
     n_filler: int = 64
     n_keys: int = 64
@@ -138,11 +138,11 @@ def demo_base_config(settings: DemoBaseSettings):
         vocab_size=settings.vocab.size,
         hidden_size=settings.hidden_size,
         intermediate_size=4 * settings.hidden_size,
-        num_hidden_layers=settings.layers,
+        num_hidden_layers=settings.num_layers,
         num_attention_heads=settings.heads,
         num_key_value_heads=settings.heads,
         sliding_window=settings.window,
-        layer_types=["sliding_attention"] * settings.layers,
+        layer_types=["sliding_attention"] * settings.num_layers,
         max_position_embeddings=settings.max_positions,
         pad_token_id=TaskVocab.PAD,
         eos_token_id=TaskVocab.PAD,
@@ -220,7 +220,7 @@ def make_demo_base(
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     train = base_training_set(settings, settings.steps * settings.batch_size)
     log(
-        f"make_demo_base: training a {settings.layers}-layer windowed base (window "
+        f"make_demo_base: training a {settings.num_layers}-layer windowed base (window "
         f"{settings.window}) for {settings.steps} steps"
     )
     result = pretrain(
