@@ -190,7 +190,8 @@ def text_stage(mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]:
         "stderr_base": mean_stderr(base_loss.per_example)[1],
         "train_loss": summary["train_loss"],
         "train_blocks": len(train_docs),
-        "memory_settings": asdict(mem),
+        "memory_settings": settings.model_dump(),
+        "training": {k: asdict(mem)[k] for k in ("steps", "batch_size", "learning_rate", "seed")},
     }
     log(f"text: {json.dumps(result)}")
     return result
