@@ -91,11 +91,13 @@ def task_data(
     )
 
 
-def score(model: Any, tok: Any, examples: list, generative: bool) -> float:
+def score(model: Any, tok: Any, examples: list, generative: bool, loss_on: str = "answer") -> float:
+    """Exact match of the first line, or multiple-choice accuracy with choices scored on the tokens
+    every method was trained on (``loss_on``; "turn" adds the untrained end-of-turn marker)."""
     model.eval()
     if generative:
         return exact_match(model, tok, examples, batch_size=32, first_line=True)["em"]
-    return mc_accuracy(model, tok, examples, batch_size=32)["acc"]
+    return mc_accuracy(model, tok, examples, batch_size=32, loss_on=loss_on)["acc"]
 
 
 class _HeadMask(TrainerCallback):
@@ -263,6 +265,8 @@ def train_method(
         best.restore()
     res["valid"] = score(model, tok, data.valid_ex, data.generative)
     res["test"] = score(model, tok, data.test, data.generative)
+    if not data.generative:  # the standard whole-turn scoring too, to show what the tail does
+        res["test_turn"] = score(model, tok, data.test, False, "turn")
     return res
 
 
@@ -373,7 +377,10 @@ def main() -> None:
         data = task_data(name, tok, a.train, a.valid, test_limit=a.test_limit)
         runs[name] = {m: [] for m in methods if m != "base"}
         if "base" in methods:
-            base[name] = score(load_model(None), tok, data.test, data.generative)
+            bm = load_model(None)
+            base[name] = score(bm, tok, data.test, data.generative)
+            if not data.generative:
+                base[name + ":turn"] = score(bm, tok, data.test, False, "turn")
             print(f"# {name} base {base[name]:.3f}", file=sys.stderr, flush=True)
         for seed in range(a.seeds):
             for m in methods:

@@ -29,6 +29,7 @@ __all__ = ["PUBLIC_FORMATS", "from_public_format"]
 
 #: names of the recognised shapes, for error messages and docs
 PUBLIC_FORMATS = ("arc", "boolq", "siqa", "e2e", "webnlg")
+_OWN_KEYS = ("prompt", "messages", "text", "conversations", "conversation")
 
 
 def _mc(question: str, options: list[str], answer: int, where: str) -> dict[str, Any]:
@@ -111,8 +112,8 @@ def from_public_format(obj: Any, where: str) -> Any:
     olmokit's own keys (``messages``, ``conversations``, ``prompt``/``completion``, ``text``) win, so a
     record that already is a chat or prompt/completion record is never rewritten.
     """
-    if not isinstance(obj, dict) or {"messages", "conversations", "prompt", "text"} & obj.keys():
-        return obj
+    if not isinstance(obj, dict) or any(k in obj for k in _OWN_KEYS):
+        return obj  # the common case first: olmokit's own shapes cost a few dict lookups
     try:
         if "answerKey" in obj and ("question" in obj or "question_stem" in obj):
             return _arc(obj, where)

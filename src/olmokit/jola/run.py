@@ -137,14 +137,16 @@ def compare_on(
     progress: bool = True,
     first_line: bool = False,
     base: bool = True,
+    loss_on: str = "turn",
 ) -> dict[str, dict[str, float]]:
-    """Base (JoLA disabled; skipped with ``base=False``) vs JoLA on the same weights.
-    ``first_line`` is for adapters trained with ``loss_on: answer``, which never learnt to end the
-    turn: exact match reads the first line of the output. Choices are scored the standard way (the
-    whole assistant turn), so scores stay comparable across runs and tools."""
+    """Base (JoLA disabled; skipped with ``base=False``) vs JoLA on the same weights, both scored
+    alike. For adapters trained with ``loss_on: answer`` (which never learnt to end the turn) pass
+    ``first_line=True`` (exact match reads the output's first line) and ``loss_on="answer"`` (choices
+    scored on their answer tokens: the untrained end-of-turn marker after each choice is noise the
+    edit shifts, measured to pull a trained adapter below chance on ``stdlib_kind``)."""
     generate = True
     mc = len(examples[0].choices) > 1 if examples else False
-    kw = dict(first_line=first_line)
+    kw = dict(first_line=first_line, loss_on=loss_on)
     out = {}
     if base:
         with disable_jola(model):
@@ -213,9 +215,11 @@ def prune_adapter(
     limit: int = 200,
     batch_size: int = 16,
     device: str = "cpu",
+    loss_on: str = "answer",
 ) -> dict[str, Any]:
     """Load ``adapter`` on its base, :func:`prune_jola` it, save it to ``out`` (``olmokit jola
-    prune``); with ``task`` or ``data_file`` also score it before and after on held-out examples.
+    prune``); with ``task`` or ``data_file`` also score it before and after on held-out examples
+    (choices scored per ``loss_on``, as the adapter was trained; exact match on the first line).
     Returns ``{"before", "after"}`` open-head counts (and scores) and ``"out"``."""
     base_name = model or adapter_base_name(adapter)
     base = load_model(base_name, device=resolve_device(device))
@@ -228,12 +232,12 @@ def prune_adapter(
         rows = heldout_examples(read_records(data_file)) if data_file else get_task(task).heldout
         examples = rows[:limit]
         result["before"]["score"] = _first_score(
-            compare_on(base, tokenizer, examples, batch_size, False, True, base=False)["jola"]
+            compare_on(base, tokenizer, examples, batch_size, False, True, False, loss_on)["jola"]
         )
     result["after"] = prune_jola(base, keep_top_k=keep_top_k, threshold=threshold)
     if examples:
         result["after"]["score"] = _first_score(
-            compare_on(base, tokenizer, examples, batch_size, False, True, base=False)["jola"]
+            compare_on(base, tokenizer, examples, batch_size, False, True, False, loss_on)["jola"]
         )
     save_jola(base, out, extra={"pruned": {"keep_top_k": keep_top_k, "threshold": threshold}})
     result["out"] = str(out)
@@ -367,16 +371,17 @@ def _run(
         return RunOutcome(run, summary, model, tokenizer, data)
     save_jola(model, run.path / "adapter", extra={"best": trainer.best})
     summary["report"] = {k: str(v) for k, v in write_report(model, run.path / "report").items()}
-    first_line = config.data.loss_on == "answer"
+    lo = config.data.loss_on
+    kw: dict[str, Any] = {"first_line": lo == "answer", "loss_on": lo}
     bs = config.training.per_device_eval_batch_size
     if evaluate and data.valid_examples:
         with eval_mode(model):  # the validation score, for choosing settings without the test set
             summary["valid"] = compare_on(
-                model, tokenizer, data.valid_examples, bs, progress, first_line, base=False
+                model, tokenizer, data.valid_examples, bs, progress, base=False, **kw
             )["jola"]
     if evaluate and data.test:
         with eval_mode(model):
-            summary["test"] = compare_on(model, tokenizer, data.test, bs, progress, first_line)
+            summary["test"] = compare_on(model, tokenizer, data.test, bs, progress, **kw)
     summary["open_heads"] = open_heads(model)
     run.write_json("eval.json", summary)
     return RunOutcome(run, summary, model, tokenizer, data)

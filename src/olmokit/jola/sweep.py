@@ -83,14 +83,15 @@ def sweep_jola(
         if keep_top_k is not None or threshold is not None:
             model, tok, data = outcome.model, outcome.tokenizer, outcome.data
             pruned = prune_jola(model, keep_top_k=keep_top_k, threshold=threshold)
-            first_line = cfg.data.loss_on == "answer"
+            lo = cfg.data.loss_on
+            kw = {"first_line": lo == "answer", "loss_on": lo, "base": False}
             bs = cfg.training.per_device_eval_batch_size
             with eval_mode(model):
                 if data.valid_examples:
-                    v = compare_on(model, tok, data.valid_examples, bs, progress, first_line, False)
+                    v = compare_on(model, tok, data.valid_examples, bs, progress, **kw)
                     point["pruned_valid"] = _score(v["jola"])
                 if data.test:
-                    t = compare_on(model, tok, data.test, bs, progress, first_line, False)
+                    t = compare_on(model, tok, data.test, bs, progress, **kw)
                     point["pruned_test"] = _score(t["jola"])
             point["pruned_open"], point["pruned_open_05"] = pruned["open"], pruned["open_05"]
             save_jola(model, point_dir / "adapter-pruned")
