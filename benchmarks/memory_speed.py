@@ -1,39 +1,70 @@
 """Neural-memory speed and memory: olmokit's chunked engine vs titans-pytorch and vs a per-token loop.
 
-Run: ``python benchmarks/memory_speed.py`` (about 10 minutes on one idle core; ``--smoke`` checks the
-harness in seconds). Needs the ``bench`` extra for titans-pytorch (``pip install --no-deps
-titans-pytorch tensordict assoc-scan einx x-transformers hyper-connections axial-positional-embedding
-rotary-embedding-torch pyvers frozendict loguru torch-einops-utils`` keeps the installed torch).
+Run: ``python benchmarks/memory_speed.py`` (about 25 minutes of CPU time on one core; ``--smoke``
+checks the harness in a minute; ``--check`` runs only the fp64 semantics check below). Needs the
+``bench`` extra for titans-pytorch (``pip install --no-deps titans-pytorch tensordict assoc-scan einx
+x-transformers hyper-connections axial-positional-embedding rotary-embedding-torch pyvers frozendict
+loguru torch-einops-utils`` keeps the installed torch).
 
 What is timed: one forward + backward (loss = mean of y²) of a memory module on x ``[1, T, 512]``
 (8 heads × 64, memory MLP 64 → 256 → 64 per head, depth 2, no residual norm), at T ∈ {1K, 2K, 4K, 8K} and
-chunk ∈ {16, 64}. Each (implementation, T, chunk) runs in a *fresh child process* with one torch
+chunk b ∈ {16, 64}. Each (implementation, T, b) runs in a *fresh child process* with one torch
 thread: it warms up at a small T, resets its RSS high-water mark (``/proc/self/clear_refs`` ← 5),
 runs once (peak RSS growth = ``VmHWM`` − RSS before), then times ``--repeats`` more runs and keeps the
 fastest. Time is the process's CPU time (``time.process_time``), not wall time: on a shared machine
 the wall clock of a single-threaded run mostly measures the neighbours; on an idle core the two agree.
 
-Implementations and how they are matched:
+What olmokit computes (``olmokit``: :class:`olmokit.memory.neural.NeuralMemory`, defaults): the TTT
+mini-batch is the chunk b — every inner gradient of a chunk is taken at the weights at the chunk's
+start — but gates (α, η, θ), momentum and decay are per token, and each token's gradient is soft-clipped
+and applied on its own: b updates per chunk. y_t reads the weights after x_t was written.
 
-* ``olmokit`` — :class:`olmokit.memory.neural.NeuralMemory` with its defaults (per-token gates and
-  updates inside a chunk, gradients at the chunk-start weights, soft-clipped inner gradients,
-  input RMSNorm, ℓ2-normalised q/k).
-* ``titans`` — titans-pytorch ``NeuralMemory(dim=512, heads=8, dim_head=64, chunk_size=c,
-  model=MemoryMLP(64, depth=2, expansion_factor=4), mem_model_norm_add_residual=False)`` with its
-  default ``batch_size=None``. Its ``chunk_size`` *sums* the c gradients of a chunk into one update with
-  per-chunk gates, and with ``batch_size=None`` every gradient of the call is taken at the call's
-  initial weights (research notes §1.2): fewer updates and no sequential dependency, so this is its
-  *fastest* setting at equal chunk and a conservative baseline. (The semantically equal setting,
-  ``chunk_size=1, batch_size=c``, loops in Python per token and is orders of magnitude slower.)
+titans-pytorch ``NeuralMemory(dim=512, heads=8, dim_head=64, chunk_size=·, batch_size=·,
+model=MemoryMLP(64, depth=2, expansion_factor=4), mem_model_norm_add_residual=False)`` has two knobs
+(research notes §1.2, titans-pytorch issue #36): ``chunk_size`` is the *gate/update granularity* (the
+gradients of a chunk are summed into one update with per-chunk η and α, θ stays a per-token loss
+weight) and ``batch_size`` is the *TTT mini-batch* (``forward`` splits the call at multiples of it in a
+Python loop; all gradients of one piece are taken at the piece's start weights; ``None`` = one piece,
+the whole call). Three settings are timed:
+
+* ``titans mb=b`` — ``chunk_size=b, batch_size=b``: the same mini-batch as ours (gradients at each
+  chunk's start weights), but one summed update per chunk instead of b per-token updates: less work
+  than ours. Timed at every T and b; ``min_ratio_vs_titans`` is taken over this setting and the next.
+* ``titans c=1 mb=b`` — ``chunk_size=1, batch_size=b``: *exactly* olmokit's semantics. Its per-token
+  updates materialise one weight set per token, so it is slow and memory-hungry; it is timed at
+  T ∈ ``--tok-t`` (default 1K) only, under a CPU-time cap (``--tok-cap`` seconds, ``RLIMIT_CPU``); a
+  setting that exceeds the cap is reported as skipped.
+* ``titans mb=call`` — ``chunk_size=b, batch_size=None`` (titans' default): *every* gradient of the call
+  is taken at the call's initial weights, so nothing written earlier in the call changes later
+  surprises; per-chunk summed updates, no sequential dependency at all. A different, cheaper function
+  than ours; reported separately as ``min_ratio_vs_titans_whole_call_minibatch`` (it was run 1's
+  ``min_ratio_vs_titans``).
+
+The semantics claims are checked before timing (``--check``; fp64, dim 32, 2 heads × 8, hidden 16,
+T = 40, b = 8, grad clip off, titans' store/retrieve RMSNorm weights and eps, q/k/v, gate, initial
+memory and output weights copied from an olmokit module, titans' q/k RMSNorm replaced by olmokit's ℓ2
+normalisation and its retrieve gate removed): titans ``c=1 mb=b`` equals olmokit's output to ≤ 1e-12
+(measured 8e-17); ``c=1 mb=call`` equals it on the first mini-batch and differs after it (3e-3,
+output scale 0.3); ``mb=b`` equals ``mb=call`` on the tokens that read only the first chunk's weights
+and differs after them; ``mb=b`` differs from olmokit (per-chunk gates and summed gradients). The run
+aborts if any of these fails. Not verified: equality *with* the inner-gradient clip (titans soft-clamps
+the θ-weighted gradient per parameter tensor, olmokit the unweighted per-token gradient over all
+layers — different functions; the timed olmokit keeps its clip at 1.0, titans has none, which only
+costs olmokit) and with titans' defaults that olmokit lacks (retrieve gate, q/k RMSNorm with learned
+scale: a few elementwise ops, timed as they are). The timed modules are *not* weight-matched: only
+speed and memory are compared.
+
 * ``loop`` — :func:`olmokit.memory.reference.reference_forward` (per-token autograd loop with
   ``create_graph``, same semantics as olmokit's engine) in fp32. It is run at T = ``--loop-t``
   (default 512) only; its tokens/s is *extrapolated per token* to the larger T (its cost per token does
   not fall with T, so this flatters the loop, if anything).
 
-Output: a markdown table (tokens/s, peak RSS growth, ratios) and a last line ``RESULT {json}`` with
-``min_ratio_vs_titans`` (over T and chunk), ``min_ratio_vs_loop``, ``tokens_per_s_max_over_min``
-(olmokit, across T at a fixed chunk; the worse chunk), ``rss_by_T`` (olmokit peak RSS growth in MB per
-T and chunk) and ``rss_per_token_kb`` (RSS/T, to read linearity).
+Output: a markdown table (tokens/s, ratios, peak RSS growth) and a last line ``RESULT {json}`` with
+``min_ratio_vs_titans`` (olmokit ÷ titans over every timed setting whose TTT mini-batch equals ours:
+``mb=b`` at all T and b, ``c=1 mb=b`` where it ran), ``min_ratio_vs_titans_whole_call_minibatch``
+(olmokit ÷ titans ``mb=call``), ``min_ratio_vs_loop``, ``tokens_per_s_max_over_min`` (olmokit, across
+T at a fixed chunk; the worse chunk), ``rss_by_T`` (olmokit peak RSS growth in MB per T and chunk),
+``rss_per_token_kb`` (RSS/T, to read linearity), ``titans_tok_skipped`` and ``semantics_check``.
 """
 
 from __future__ import annotations
@@ -42,6 +73,8 @@ import argparse
 import gc
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 import time
@@ -50,6 +83,13 @@ from pathlib import Path
 DIM, HEADS, HEAD_DIM, HIDDEN = 512, 8, 64, 256
 T_VALUES = (1024, 2048, 4096, 8192)
 CHUNKS = (16, 64)
+
+#: titans-pytorch settings: name -> b -> (chunk_size, batch_size); see the module docstring
+TITANS = {
+    "titans-mb": lambda b: (b, b),
+    "titans-tok": lambda b: (1, b),
+    "titans-call": lambda b: (b, None),
+}
 
 
 def _status(field: str) -> int:
@@ -64,8 +104,29 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+def _titans(
+    chunk_size: int, batch_size: int | None, dim: int, heads: int, head_dim: int, hidden: int, **kw
+):
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from titans_pytorch import MemoryMLP
+    from titans_pytorch import NeuralMemory as TitansMemory
+
+    return TitansMemory(
+        dim=dim,
+        heads=heads,
+        dim_head=head_dim,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        model=MemoryMLP(head_dim, depth=2, expansion_factor=hidden / head_dim),
+        mem_model_norm_add_residual=False,
+        **kw,
+    )
+
+
 def _build(impl: str, chunk: int, dim: int, heads: int, head_dim: int, hidden: int):
-    """(module, step(x) -> y) for one implementation."""
+    """step(x) -> y for one implementation at our chunk size ``chunk``."""
     import torch
 
     torch.manual_seed(0)
@@ -79,25 +140,102 @@ def _build(impl: str, chunk: int, dim: int, heads: int, head_dim: int, hidden: i
         from olmokit.memory.reference import reference_forward
 
         return lambda x: reference_forward(mem, x, chunk)[0]
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    from titans_pytorch import MemoryMLP
-    from titans_pytorch import NeuralMemory as TitansMemory
-
-    mem = TitansMemory(
-        dim=dim,
-        heads=heads,
-        dim_head=head_dim,
-        chunk_size=chunk,
-        model=MemoryMLP(head_dim, depth=2, expansion_factor=hidden / head_dim),
-        mem_model_norm_add_residual=False,
-    )
+    mem = _titans(*TITANS[impl](chunk), dim, heads, head_dim, hidden)
     return lambda x: mem(x)[0]
 
 
-def child(impl: str, tokens: int, chunk: int, repeats: int, smoke: bool) -> dict:
-    """Runs in a fresh process: peak RSS growth of one fwd+bwd, then the best CPU time of ``repeats``."""
+def check_semantics() -> dict:
+    """fp64: what each titans setting computes, against a weight-matched olmokit module.
+
+    Returns max |Δ| of the outputs; raises ``SystemExit`` if a claim of the module docstring fails.
+    """
+    import torch
+    from torch import nn
+
+    from olmokit.memory.neural import NeuralMemory, NeuralMemoryConfig
+
+    class UnitNorm(nn.Module):  # olmokit's q/k normalisation: x / sqrt(Σx² + 1e-6)
+        def forward(self, t):
+            return t / torch.sqrt((t * t).sum(-1, keepdim=True) + 1e-6)
+
+    torch.manual_seed(0)
+    cfg = NeuralMemoryConfig(
+        dim=32, heads=2, head_dim=8, hidden=16, depth=2, grad_clip=None, alpha_bias=-2.0
+    )
+    ours = NeuralMemory(cfg).double()
+    b, n_tok = 8, 40
+    x = torch.randn(1, n_tok, cfg.dim, dtype=torch.float64)
+
+    def titans_matched(chunk_size: int, batch_size: int | None):
+        t = _titans(
+            chunk_size,
+            batch_size,
+            *(cfg.dim, cfg.heads, cfg.head_dim, cfg.hidden),
+            default_step_transform_max_lr=cfg.max_lr,  # θ = sigmoid(·) · max_lr
+        ).double()
+        with torch.no_grad():
+            for norm in (t.store_norm, t.retrieve_norm):
+                norm.weight.copy_(ours.norm_weight)
+                norm.eps = 1e-6
+            t.to_queries.weight.copy_(ours.to_q.weight)
+            t.to_keys.weight.copy_(ours.to_k.weight)
+            t.to_values.weight.copy_(ours.to_v.weight)
+            for dst, src in (
+                (t.to_adaptive_step[0], ours.to_theta),
+                (t.to_momentum[0], ours.to_eta),
+                (t.to_decay_factor[0], ours.to_alpha),
+            ):
+                dst.weight.copy_(src.weight)
+                dst.bias.copy_(src.bias)
+            for dst, src in zip(t.memory_model_parameters, ours.init_weights, strict=True):
+                dst.copy_(src)
+            t.combine_heads.weight.copy_(ours.to_out.weight)
+        t.q_norm, t.k_norm, t.retrieve_gate = UnitNorm(), UnitNorm(), None
+        return t
+
+    with torch.no_grad():
+        y = ours(x, chunk_size=b)[0]
+        out = {}
+        for name, cs, bs in (("tok", 1, b), ("tok_call", 1, None), ("mb", b, b), ("call", b, None)):
+            out[name] = titans_matched(cs, bs)(x)[0]
+
+    def diff(a, c):
+        return float((a - c).abs().max())
+
+    first = 2 * b - 1  # tokens that read W0 or the first chunk's weights only (chunk = b)
+    res = {
+        "output_scale": diff(y, 0 * y),
+        "olmokit_vs_titans_c1_mb_b": diff(y, out["tok"]),
+        "titans_c1_mb_b_vs_c1_mb_call_first_minibatch": diff(
+            out["tok"][:, :b], out["tok_call"][:, :b]
+        ),
+        "titans_c1_mb_b_vs_c1_mb_call_after": diff(out["tok"][:, b:], out["tok_call"][:, b:]),
+        "titans_mb_b_vs_mb_call_first_chunk_reads": diff(
+            out["mb"][:, :first], out["call"][:, :first]
+        ),
+        "titans_mb_b_vs_mb_call_after": diff(out["mb"][:, first:], out["call"][:, first:]),
+        "olmokit_vs_titans_mb_b": diff(y, out["mb"]),
+    }
+    claims = (
+        res["olmokit_vs_titans_c1_mb_b"] <= 1e-12,
+        res["titans_c1_mb_b_vs_c1_mb_call_first_minibatch"] <= 1e-12,
+        res["titans_c1_mb_b_vs_c1_mb_call_after"] >= 1e-6,
+        res["titans_mb_b_vs_mb_call_first_chunk_reads"] <= 1e-12,
+        res["titans_mb_b_vs_mb_call_after"] >= 1e-6,
+        res["olmokit_vs_titans_mb_b"] >= 1e-6,
+    )
+    if not all(claims):
+        raise SystemExit(f"titans semantics check failed: {res}")
+    return {k: float(f"{v:.3g}") for k, v in res.items()}
+
+
+def child(impl: str, tokens: int, chunk: int, repeats: int, smoke: bool, cpu_cap: int) -> dict:
+    """Runs in a fresh process: peak RSS growth of one fwd+bwd, then the best CPU time of ``repeats``.
+
+    ``cpu_cap`` > 0 sets ``RLIMIT_CPU`` (the kernel ends the process with SIGXCPU past it).
+    """
+    if cpu_cap > 0:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_cap, cpu_cap + 30))
     import torch
 
     torch.set_num_threads(1)
@@ -125,103 +263,161 @@ def child(impl: str, tokens: int, chunk: int, repeats: int, smoke: bool) -> dict
     return {"seconds": min(times), "tokens_per_s": tokens / min(times), "rss_mb": peak / 2**20}
 
 
-def _run_child(impl: str, tokens: int, chunk: int, repeats: int, smoke: bool) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        impl,
-        str(tokens),
-        str(chunk),
-        "--repeats",
-        str(repeats),
-    ]
+def _run_child(
+    impl: str, tokens: int, chunk: int, repeats: int, smoke: bool, cpu_cap: int = 0
+) -> dict | None:
+    """One setting in a fresh process; ``None`` if it ran past ``cpu_cap`` CPU seconds."""
+    cmd = [sys.executable, __file__, "--child", impl, str(tokens), str(chunk)]
+    cmd += ["--repeats", str(repeats), "--cpu-cap", str(cpu_cap)]
     cmd += ["--smoke"] if smoke else []
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    label = f"{impl:11s} T={tokens:5d} chunk={chunk:3d}"
+    if cpu_cap > 0 and proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        print(f"  {label}: skipped, over the {cpu_cap} s CPU cap", file=sys.stderr, flush=True)
+        return None
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(
-            f"child {impl} T={tokens} chunk={chunk} failed with exit code {proc.returncode}"
-        )
+        raise SystemExit(f"child {label} failed with exit code {proc.returncode}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     print(
-        f"  {impl:8s} T={tokens:5d} chunk={chunk:3d}: {out['tokens_per_s']:8.0f} tok/s, "
-        f"peak RSS +{out['rss_mb']:.0f} MB",
+        f"  {label}: {out['tokens_per_s']:8.0f} tok/s, peak RSS +{out['rss_mb']:.0f} MB",
         file=sys.stderr,
         flush=True,
     )
     return out
 
 
+def _run_check() -> dict:
+    """:func:`check_semantics` in a fresh one-thread process (keeps torch out of the parent)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, __file__, "--check"], capture_output=True, text=True, env=env
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"semantics check failed with exit code {proc.returncode}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"semantics check: {out}", file=sys.stderr, flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "T", "CHUNK"), help=argparse.SUPPRESS)
+    ap.add_argument("--cpu-cap", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs after the first (best kept)")
     ap.add_argument(
         "--loop-t", type=int, default=512, help="T of the per-token loop (extrapolated)"
     )
+    ap.add_argument(
+        "--tok-t",
+        type=int,
+        nargs="*",
+        default=[1024],
+        help="T values at which titans chunk_size=1, batch_size=b (olmokit's semantics) is timed",
+    )
+    ap.add_argument(
+        "--tok-cap",
+        type=int,
+        default=600,
+        help="CPU-seconds cap of one titans chunk_size=1 child (warm-up and all runs); skipped past it",
+    )
+    ap.add_argument("--check", action="store_true", help="run only the fp64 semantics check")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and T: check the harness only")
     args = ap.parse_args()
     if args.child:
         impl, tokens, chunk = args.child[0], int(args.child[1]), int(args.child[2])
-        print(json.dumps(child(impl, tokens, chunk, args.repeats, args.smoke)))
+        out = child(impl, tokens, chunk, args.repeats, args.smoke, args.cpu_cap)
+        print(json.dumps(out))
+        return
+    if args.check:
+        print(json.dumps(check_semantics()))
         return
 
     t_values = (64, 128) if args.smoke else T_VALUES
+    tok_t = (64,) if args.smoke else tuple(args.tok_t)
     loop_t = 32 if args.smoke else args.loop_t
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
-    res: dict[tuple[str, int, int], dict] = {}
+    semantics = _run_check()
+    res: dict[tuple[str, int, int], dict | None] = {}
     for chunk in CHUNKS:
         res[("loop", loop_t, chunk)] = _run_child("loop", loop_t, chunk, 0, args.smoke)
         for tokens in t_values:
-            for impl in ("olmokit", "titans"):
+            for impl in ("olmokit", "titans-mb", "titans-call"):
                 res[(impl, tokens, chunk)] = _run_child(
                     impl, tokens, chunk, args.repeats, args.smoke
+                )
+            if tokens in tok_t:
+                res[("titans-tok", tokens, chunk)] = _run_child(
+                    "titans-tok", tokens, chunk, args.repeats, args.smoke, args.tok_cap
                 )
     print(f"load average after: {os.getloadavg()}", file=sys.stderr)
 
     lines = [
-        "| T | chunk | olmokit tok/s | titans tok/s | loop tok/s | × titans | × loop "
-        "| olmokit RSS MB | titans RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| T | chunk | olmokit tok/s | titans mb=b tok/s | × mb=b | titans c=1 mb=b tok/s "
+        "| × c=1 mb=b | titans mb=call tok/s | × mb=call | loop tok/s | × loop "
+        "| RSS MB olmokit / mb=b / c=1 mb=b / mb=call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    vs_titans, vs_loop, rss_by_t, rss_per_token = [], [], {}, {}
-    spread = []
+    vs_titans, vs_call, vs_loop, rss_by_t, rss_per_token = [], [], [], {}, {}
+    spread, skipped = [], []
     for chunk in CHUNKS:
         loop = res[("loop", loop_t, chunk)]["tokens_per_s"]
         tps = []
         for tokens in t_values:
-            ours, tit = res[("olmokit", tokens, chunk)], res[("titans", tokens, chunk)]
-            r_t = ours["tokens_per_s"] / tit["tokens_per_s"]
+            ours = res[("olmokit", tokens, chunk)]
+            mb, call = res[("titans-mb", tokens, chunk)], res[("titans-call", tokens, chunk)]
+            tok = res.get(("titans-tok", tokens, chunk))
+            r_mb = ours["tokens_per_s"] / mb["tokens_per_s"]
+            r_call = ours["tokens_per_s"] / call["tokens_per_s"]
             r_l = ours["tokens_per_s"] / loop
-            vs_titans.append(r_t)
+            vs_titans.append(r_mb)
+            vs_call.append(r_call)
             vs_loop.append(r_l)
+            if tok is not None:
+                r_tok = ours["tokens_per_s"] / tok["tokens_per_s"]
+                vs_titans.append(r_tok)
+                tok_cells = f"{tok['tokens_per_s']:.0f} | {r_tok:.2f}", f"{tok['rss_mb']:.0f}"
+            elif ("titans-tok", tokens, chunk) in res:
+                skipped.append(f"T={tokens} chunk={chunk}")
+                tok_cells = f"skipped (> {args.tok_cap} s CPU) | —", "—"
+            else:
+                tok_cells = "— | —", "—"
             tps.append(ours["tokens_per_s"])
             rss_by_t.setdefault(str(tokens), {})[str(chunk)] = round(ours["rss_mb"], 1)
             rss_per_token.setdefault(str(tokens), {})[str(chunk)] = round(
                 ours["rss_mb"] * 1024 / tokens, 1
             )
             lines.append(
-                f"| {tokens} | {chunk} | {ours['tokens_per_s']:.0f} | {tit['tokens_per_s']:.0f} "
-                f"| {loop:.0f}{'*' if tokens != loop_t else ''} | {r_t:.2f} | {r_l:.1f} "
-                f"| {ours['rss_mb']:.0f} | {tit['rss_mb']:.0f} |"
+                f"| {tokens} | {chunk} | {ours['tokens_per_s']:.0f} | {mb['tokens_per_s']:.0f} "
+                f"| {r_mb:.2f} | {tok_cells[0]} | {call['tokens_per_s']:.0f} | {r_call:.2f} "
+                f"| {loop:.0f}{'*' if tokens != loop_t else ''} | {r_l:.1f} "
+                f"| {ours['rss_mb']:.0f} / {mb['rss_mb']:.0f} / {tok_cells[1]} "
+                f"/ {call['rss_mb']:.0f} |"
             )
         spread.append(max(tps) / min(tps))
     lines.append("")
     lines.append(
         f"\\* loop measured at T={loop_t} (peak RSS "
         + ", ".join(f"{res[('loop', loop_t, c)]['rss_mb']:.0f} MB at chunk {c}" for c in CHUNKS)
-        + "), tokens/s extrapolated per token."
+        + "), tokens/s extrapolated per token. titans mb=b: chunk_size=b, batch_size=b (our TTT "
+        "mini-batch, per-chunk gates and summed gradients); c=1 mb=b: chunk_size=1, batch_size=b "
+        "(exactly our semantics, fp64-checked); mb=call: chunk_size=b, batch_size=None (every "
+        "gradient at the call's initial weights)."
     )
     print("\n".join(lines))
     result = {
         "min_ratio_vs_titans": round(min(vs_titans), 3),
+        "min_ratio_vs_titans_whole_call_minibatch": round(min(vs_call), 3),
         "min_ratio_vs_loop": round(min(vs_loop), 2),
         "tokens_per_s_max_over_min": round(max(spread), 3),
         "rss_by_T": rss_by_t,
         "rss_per_token_kb": rss_per_token,
         "loop_T": loop_t,
+        "titans_tok_T": list(tok_t),
+        "titans_tok_skipped": skipped,
+        "semantics_check": semantics,
         "timing": "CPU time, 1 thread, best of runs",
     }
     print("RESULT " + json.dumps(result))
