@@ -67,16 +67,41 @@ def log(*args: Any) -> None:
     print(*args, flush=True)
 
 
+def shuffled_forward(mm, first_query: int):
+    """The shuffled-state control: run every segment before the first one holding a query with the
+    example's own memory, then hand example ``b`` the memory of example ``b - 1`` once and run the
+    rest. (``mm(ids, shuffle_state=True)`` permutes at *every* segment boundary; with a fixed roll
+    the permutations compose, and after ``batch`` boundaries a needle is back with its own
+    example, so at 32 windows with a batch of 32 that control recalled as well as the memory.)"""
+    cut = first_query // mm.segment_len * mm.segment_len
+
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[0] < 2:
+            raise ValueError("the shuffled control needs batches of at least 2 examples")
+        head = mm(ids[:, :cut])
+        perm = torch.roll(torch.arange(ids.shape[0]), 1)
+        tail = mm(ids[:, cut:], state=head.memory_state.permute(perm))
+        return torch.cat([head.logits, tail.logits], 1)
+
+    return forward
+
+
 def conditions(mm, items, batch_size: int) -> dict[str, float]:
-    """Accuracy of the four conditions on one list of examples."""
+    """Accuracy of the four conditions on one list of examples (batches of >= 2 for shuffling)."""
 
-    def acc(**kw: Any) -> float:
-        return span_accuracy(lambda ids: mm(ids, **kw).logits, items, batch_size, mm).accuracy
+    def acc(forward) -> float:
+        return span_accuracy(forward, items, batch_size, mm).accuracy
 
-    out = {"memory": acc(), "reset": acc(reset_every_segment=True)}
-    out["shuffled"] = acc(shuffle_state=True)
+    first_query = min(
+        int((it["labels"] != -100).nonzero().min()) - 2 for it in items
+    )  # at or before the QUERY token of the first answer
+    out = {
+        "memory": acc(lambda ids: mm(ids).logits),
+        "reset": acc(lambda ids: mm(ids, reset_every_segment=True).logits),
+        "shuffled": acc(shuffled_forward(mm, first_query)),
+    }
     with mm.disabled():
-        out["base"] = acc()
+        out["base"] = acc(lambda ids: mm(ids).logits)
     return out
 
 
