@@ -140,7 +140,8 @@ def mqar_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]
     w, vocab, seed = base.window, base.vocab, mem.seed
     mm = attach_demo_memory(load_demo_base(base), w, mem)
     dist = (8 * w, 9 * w)
-    train = mqar_set(vocab, w, (1, 32), dist, mem.steps * mem.batch_size, seed, "mq-train")
+    lo, hi = args.mqar_train_pairs
+    train = mqar_set(vocab, w, (lo, hi), dist, mem.steps * mem.batch_size, seed, "mq-train")
     t = time.time()
     summary = train_demo_memory(mm, train, mem, out / "work-mqar")
     log(f"mqar: memory trained in {time.time() - t:.0f}s, loss {summary['train_loss']:.3f}")
@@ -155,6 +156,7 @@ def mqar_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]
             curve["base"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
     result["curve"] = {"pairs": list(args.curve_pairs), **curve}
     result["train_loss"] = summary["train_loss"]
+    result["train_pairs"] = list(args.mqar_train_pairs)
     result["memory_settings"] = asdict(mem)
     plot_recall_vs_pairs(args.curve_pairs, curve, out / "recall_vs_pairs.png", vocab.chance())
     log(f"mqar, {args.pairs} pairs 8-9 windows later: {json.dumps(result)}")
@@ -235,6 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=600, help="memory training steps per task")
     p.add_argument("--mqar-steps", type=int, default=None, help="default: --steps")
     p.add_argument("--mqar-batch-size", type=int, default=16)
+    p.add_argument(
+        "--mqar-train-pairs", type=int, nargs=2, default=[1, 32], help="pairs per training example"
+    )
     p.add_argument("--lr", type=float, default=DemoMemorySettings.learning_rate)
     p.add_argument("--text-steps", type=int, default=200)
     p.add_argument("--base-steps", type=int, default=DemoBaseSettings.steps)
