@@ -25,7 +25,8 @@ a useful assistant.
 | | |
 |---|---|
 | parameters | {report["parameters"]:,} |
-| architecture | {cfg["model_type"]} `{cfg["size"]}` preset, stored as {cfg["save_dtype"]} |
+| architecture | {cfg["model_type"]} `{cfg["size"]}` preset{_overrides(cfg)}, stored as {cfg["save_dtype"]} |
+| tokenizer | {_tokenizer(cfg)} |
 | corpus (train) | {c["train_prose_docs"]:,} prose docs / {c["train_prose_chars"]:,} chars; {c["train_code_docs"]:,} code files / {c["train_code_chars"]:,} chars |
 | corpus (held out, 1 source in 10 by hash) | {c["heldout_prose_docs"]:,} prose docs / {c["heldout_prose_chars"]:,} chars; {c["heldout_code_docs"]:,} code files / {c["heldout_code_chars"]:,} chars |
 | tokens | train stream {report["train_tokens"]:,}; held-out {report["heldout_tokens"]:,} |
@@ -38,6 +39,17 @@ a useful assistant.
 Reproduce with `olmokit zoo build {report["name"]}` (same CPython and torch give the same corpus and
 split).
 """
+
+
+def _overrides(cfg: dict[str, Any]) -> str:
+    arch = cfg.get("architecture") or {}
+    return f" with {', '.join(f'{k}={v}' for k, v in arch.items())}" if arch else ""
+
+
+def _tokenizer(cfg: dict[str, Any]) -> str:
+    if cfg.get("tokenizer"):
+        return f"the tokenizer of `{cfg['tokenizer']}` (same token ids)"
+    return f"byte-level BPE of {cfg.get('vocab_size') or 4096} tokens trained on the corpus"
 
 
 def _circuits(report: dict[str, Any]) -> str:
@@ -60,6 +72,16 @@ def _circuits(report: dict[str, Any]) -> str:
         if share
         else ""
     )
+    init = []
+    if cfg.get("embedding_init_std"):
+        init.append(f"input embeddings drawn with std {cfg['embedding_init_std']}")
+    if cfg.get("post_norm_init"):
+        init.append(f"post-sublayer norm weights started at {cfg['post_norm_init']}")
+    if init:
+        data += (
+            f"Initialisation: {' and '.join(init)} (`circuit_friendly_init`: a post-norm model "
+            "otherwise drowns a token's identity under its unit-scale sublayer outputs).\n\n"
+        )
     return f"""
 ## Circuits: induction heads
 
