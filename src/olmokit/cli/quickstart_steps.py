@@ -191,7 +191,12 @@ def step_jola(ctx: Context, res: StepResult) -> None:
     test = load_run_data(cfg.data).test
     tokenizer = load_tokenizer(base_name)
     scores = evaluate_examples(
-        folded, tokenizer, test, cfg.training.per_device_eval_batch_size, generate=False
+        folded,
+        tokenizer,
+        test,
+        cfg.training.per_device_eval_batch_size,
+        generate=False,
+        loss_on=cfg.data.loss_on,  # choices scored as the run scored them
     )
     folded_json = ctx.out / "jola-folded" / "folded_eval.json"
     atomic_write_json(folded_json, {"test": scores, "adapter": str(run.file("adapter"))})
