@@ -100,3 +100,22 @@ def test_repeat_lengths_must_fit_twice():
     with pytest.raises(Exception, match="fit twice"):
         ZooBuildConfig.from_dict({"seq_len": 64, "repeat_max_len": 40})
     assert ZooBuildConfig.from_dict({"seq_len": 64, "repeat_max_len": 32}).repeat_max_len == 32
+
+
+def test_zoo_build_by_name_reruns_the_shipped_recipe(monkeypatch, tmp_path, capsys):
+    """``olmokit zoo build olmo2-induction`` builds from the recipe recorded next to the weights."""
+    import olmokit.zoo.build as build
+    from olmokit.cli.main import main
+
+    seen = {}
+    monkeypatch.setattr(
+        build, "build_zoo_model", lambda cfg, out, work: seen.update(cfg=cfg, out=out)
+    )
+    out = tmp_path / "m"
+    assert main(["zoo", "build", NAME, "steps=7", "--out", str(out)]) == 0
+    shipped = ZooBuildConfig.from_yaml(shipped_path(NAME) / "build_config.yaml")
+    assert seen["cfg"] == shipped.merge(["steps=7"]) and seen["out"] == out
+    assert main(["zoo", "build", "olmo2-tiny-random"]) == 2
+    assert "no build recipe" in capsys.readouterr().err
+    assert main(["zoo", "build", NAME, "olmo2-stdlib"]) == 2
+    assert "not several" in capsys.readouterr().err
