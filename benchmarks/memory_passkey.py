@@ -116,6 +116,7 @@ def passkey_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, A
     t = time.time()
     summary = train_demo_memory(mm, train, mem, out / "work-passkey")
     log(f"passkey: memory trained in {time.time() - t:.0f}s, loss {summary['train_loss']:.3f}")
+    mm.save_pretrained(out / "passkey-memory")  # the adapter, to re-evaluate without retraining
     mm.eval()
     d = args.distance
     test = rows(passkey_set(vocab, w, (d * w, (d + 1) * w), args.n_eval, seed, "pk-test"))
