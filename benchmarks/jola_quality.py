@@ -334,6 +334,7 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="to split seeds across processes")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--train", type=int, default=200)
     ap.add_argument("--valid", type=int, default=100)
@@ -364,7 +365,9 @@ def main() -> None:
         for path in a.report_from.split(","):
             with open(path) as f:
                 d = json.load(f)
-            runs.update(d["runs"])
+            for task, by_method in d["runs"].items():  # files may split seeds and methods
+                for m, rs in by_method.items():
+                    runs.setdefault(task, {}).setdefault(m, []).extend(rs)
             base.update(d["base"])
         print(report(base, runs, a))
         plot_runs(base, runs, a.plot)
@@ -382,7 +385,7 @@ def main() -> None:
             if not data.generative:
                 base[name + ":turn"] = score(bm, tok, data.test, False, "turn")
             print(f"# {name} base {base[name]:.3f}", file=sys.stderr, flush=True)
-        for seed in range(a.seeds):
+        for seed in range(a.first_seed, a.first_seed + a.seeds):
             for m in methods:
                 if m == "base" or (seed >= a.full_seeds and m not in CORE):
                     continue
