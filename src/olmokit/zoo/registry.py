@@ -4,7 +4,7 @@
   CPython (``olmokit zoo build`` reproduces it). Weights and tokenizer live inside the package.
 * ``olmo-stdlib-tiny``, ``olmo3-stdlib-tiny`` — tiny OLMo v1 / OLMo-3 models trained by the same
   recipe, so tests of every generation can use trained weights.
-* ``olmo2-induction`` — a 2-layer OLMo-2 built by the same recipe with 95% of its sequences a random
+* ``olmo2-induction`` — a 2-layer OLMo-2 built by the same recipe with 80% of its sequences a random
   token string repeated (and its own 512-token BPE): it has induction heads (the lens demos' model;
   its card records the scores the build measured).
 * ``olmo-tiny-random``, ``olmo2-tiny-random``, ``olmo3-tiny-random`` — seeded random-init models of each
@@ -78,7 +78,7 @@ ZOO: dict[str, ZooEntry] = {
             "olmo2",
             "shipped",
             "OLMo-2, 2 layers, ~0.15M params, 512-token BPE, trained on repeated random strings "
-            "(95%) and CPython text: induction heads",
+            "(80%) and CPython text: induction heads",
             "tiny",
         ),
         ZooEntry("olmo-tiny-random", "olmo", "random", "OLMo v1, random init, GQA 4/2", "tiny"),
