@@ -12,8 +12,9 @@ Run: ``python benchmarks/memory_passkey.py [--out runs/memory-passkey] [--smoke]
   evidence 1-8 windows away (passkey) or 8-9 windows away (MQAR, 1-32 pairs per example).
 * **Conditions**: ``base`` — the windowed base alone (the memory disabled; segments of ``W``);
   ``memory`` — the memory carried across segments; ``reset`` — the memory reset at every segment
-  (it can only see the current window, like the base); ``shuffled`` — each example reads another
-  example's memory (a derangement of the batch). A memory that recalls the needle beats the
+  (it can only see the current window, like the base); ``shuffled`` — at the start of the segment
+  holding the first question, each example is handed another example's accumulated memory once (a
+  derangement of the batch: ``mm(ids, shuffle_state=True, shuffle_at=...)``). A memory that recalls the needle beats the
   three controls, which stay at chance.
 * **Passkey**: the needle 32-33 windows before the question (a one-window range, so the needle
   falls at every offset inside a segment); accuracy vs distance over 1-64 windows for the curve.
@@ -67,25 +68,6 @@ def log(*args: Any) -> None:
     print(*args, flush=True)
 
 
-def shuffled_forward(mm, first_query: int):
-    """The shuffled-state control: run every segment before the first one holding a query with the
-    example's own memory, then hand example ``b`` the memory of example ``b - 1`` once and run the
-    rest. (``mm(ids, shuffle_state=True)`` permutes at *every* segment boundary; with a fixed roll
-    the permutations compose, and after ``batch`` boundaries a needle is back with its own
-    example, so at 32 windows with a batch of 32 that control recalled as well as the memory.)"""
-    cut = first_query // mm.segment_len * mm.segment_len
-
-    def forward(ids: torch.Tensor) -> torch.Tensor:
-        if ids.shape[0] < 2:
-            raise ValueError("the shuffled control needs batches of at least 2 examples")
-        head = mm(ids[:, :cut])
-        perm = torch.roll(torch.arange(ids.shape[0]), 1)
-        tail = mm(ids[:, cut:], state=head.memory_state.permute(perm))
-        return torch.cat([head.logits, tail.logits], 1)
-
-    return forward
-
-
 def conditions(mm, items, batch_size: int) -> dict[str, float]:
     """Accuracy of the four conditions on one list of examples (batches of >= 2 for shuffling)."""
 
@@ -95,10 +77,11 @@ def conditions(mm, items, batch_size: int) -> dict[str, float]:
     first_query = min(
         int((it["labels"] != -100).nonzero().min()) - 2 for it in items
     )  # at or before the QUERY token of the first answer
+    cut = first_query // mm.segment_len * mm.segment_len  # the segment holding it starts here
     out = {
         "memory": acc(lambda ids: mm(ids).logits),
         "reset": acc(lambda ids: mm(ids, reset_every_segment=True).logits),
-        "shuffled": acc(shuffled_forward(mm, first_query)),
+        "shuffled": acc(lambda ids: mm(ids, shuffle_state=True, shuffle_at=cut).logits),
     }
     with mm.disabled():
         out["base"] = acc(lambda ids: mm(ids).logits)

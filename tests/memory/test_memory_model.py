@@ -143,6 +143,37 @@ def test_shuffled_state_reads_another_examples_memory():
         mm(ids, shuffle_state=torch.tensor([0, 0, 1]))
 
 
+def test_shuffled_state_is_handed_over_once_not_rerolled_at_every_boundary():
+    """Batch 2, 4 segments: a roll at every boundary composes to the identity at the last segment
+    (each example would get its own memory back); the control shuffles once, before the last
+    segment, and the examples own their memory up to there."""
+    mm = build(mode="mag")
+    open_gates(mm)
+    mm.eval()
+    ids = random_tokens(2, 4 * SEG, mm.config.vocab_size)
+    swap = torch.tensor([1, 0])
+    with torch.no_grad():
+        own = mm(ids).logits
+        shuffled = mm(ids, shuffle_state=True).logits
+        head = mm(ids[:, : 3 * SEG]).memory_state
+        want = mm(ids[:, 3 * SEG :], state=head.permute(swap)).logits
+        at_one = mm(ids, shuffle_state=True, shuffle_at=SEG).logits
+        first = mm(ids[:, :SEG]).memory_state
+        want_at_one = mm(ids[:, SEG:], state=first.permute(swap)).logits
+    torch.testing.assert_close(shuffled[:, : 3 * SEG], own[:, : 3 * SEG])
+    torch.testing.assert_close(shuffled[:, 3 * SEG :], want)
+    assert not torch.allclose(shuffled[:, 3 * SEG :], own[:, 3 * SEG :])
+    torch.testing.assert_close(at_one[:, :SEG], own[:, :SEG])
+    torch.testing.assert_close(at_one[:, SEG:], want_at_one)
+    for bad in (0, SEG + 1, 4 * SEG):
+        with pytest.raises(ConfigError, match="shuffle_at"):
+            mm(ids, shuffle_state=True, shuffle_at=bad)
+    with pytest.raises(ConfigError, match="shuffle_state is off"):
+        mm(ids, shuffle_at=SEG)
+    with pytest.raises(ConfigError, match="at least 2 segments"):
+        mm(ids[:, :SEG], shuffle_state=True)
+
+
 def test_truncated_bptt_changes_gradients_not_values():
     torch.manual_seed(0)
     grads = {}

@@ -10,8 +10,11 @@ forward with positions starting at 0, so attention never spans two segments and 
 knows about earlier ones comes through the memory state (:class:`MemoryModelState`, one
 :class:`~olmokit.memory.state.MemoryState` per memory layer, keyed by layer index so layers without
 memory need no placeholder). Controls for experiments: ``reset_every_segment=True`` (a fresh state per
-segment: the memory can only help inside a segment) and ``shuffle_state`` (each example reads the
-memory another example wrote).
+segment: the memory can only help inside a segment) and ``shuffle_state`` (once, at one segment
+boundary — by default the start of the last segment, where a task's question sits — each example is
+handed the memory another example accumulated, and carries on from it; never re-shuffled, since
+repeated fixed rolls compose and would hand each example its own memory back after ``batch``
+boundaries).
 """
 
 from __future__ import annotations
@@ -255,7 +258,8 @@ class MemoryModel(nn.Module):
         perm: torch.Tensor | None,
         batch: int,
     ) -> MemoryModelState:
-        """The state segment ``k`` starts from: reset, shuffled and/or detached (truncated BPTT)."""
+        """The state segment ``k`` starts from: reset, shuffled (``perm`` is given only at the one
+        shuffling boundary) and/or detached (truncated BPTT)."""
         if reset:
             return replace(self.init_state(batch), tokens=state.tokens)
         if perm is not None:
@@ -274,6 +278,7 @@ class MemoryModel(nn.Module):
         state: MemoryModelState | None = None,
         reset_every_segment: bool = False,
         shuffle_state: bool | torch.Tensor = False,
+        shuffle_at: int | None = None,
         return_logits: bool | None = None,
     ) -> MemoryOutput:
         """Run ``input_ids`` ``[batch, length]`` in segments of ``segment_len``, carrying the memory.
@@ -282,9 +287,13 @@ class MemoryModel(nn.Module):
         scored); the loss is the mean over all scored tokens of the sequence, including each
         segment's last token (predicting the next segment's first). ``state``: continue from a
         state a previous call returned (it must end on a segment boundary). ``reset_every_segment``
-        and ``shuffle_state`` (True: example b reads example b-1's memory, a derangement; or a
-        permutation tensor) are the controls. Padding is not supported: ``attention_mask`` must be
-        None or all ones (score fewer tokens with -100 labels instead).
+        and ``shuffle_state`` are the controls. ``shuffle_state`` (True: example b is handed example
+        b-1's memory, a derangement; or a permutation tensor, ``perm[b]`` = whose memory b gets)
+        permutes the accumulated state ONCE, at the segment boundary at token ``shuffle_at`` of this
+        call (a multiple of ``segment_len``, > 0; default: the start of the last segment, where a
+        task's question sits); the examples then carry on from the memory they were handed.
+        Padding is not supported: ``attention_mask`` must be None or all ones (score fewer tokens
+        with -100 labels instead).
         """
         if input_ids.dim() != 2:
             raise ConfigError(f"input_ids must be [batch, length], got {list(input_ids.shape)}")
@@ -305,6 +314,7 @@ class MemoryModel(nn.Module):
         elif state.batch_size != batch:
             raise ConfigError(f"memory state has batch {state.batch_size}, input has {batch}")
         perm = _permutation(shuffle_state, batch, input_ids.device)
+        shuffle_k = _shuffle_segment(perm, shuffle_at, length, seg, state.tokens)
         if return_logits is None:
             return_logits = not self.training or self.logits_in_training
         chunk = self.settings.chunk_train if self.training else self.settings.chunk_prefill
@@ -313,7 +323,8 @@ class MemoryModel(nn.Module):
             for k, start in enumerate(range(0, length, seg)):
                 end = min(start + seg, length)
                 if k > 0 or state.tokens > 0:
-                    state = self._boundary_state(state, k, reset_every_segment, perm, batch)
+                    here = perm if k == shuffle_k else None
+                    state = self._boundary_state(state, k, reset_every_segment, here, batch)
                 self._begin(state, chunk, use_cache=False)
                 out = self.model(input_ids=input_ids[:, start:end], use_cache=False)
                 state = self._collect(state.tokens + end - start)
@@ -503,6 +514,32 @@ def _permutation(
     if batch < 2:
         raise ConfigError("shuffle_state needs a batch of at least 2 examples")
     return torch.roll(torch.arange(batch, device=device), 1)
+
+
+def _shuffle_segment(
+    perm: torch.Tensor | None, shuffle_at: int | None, length: int, seg: int, carried: int
+) -> int | None:
+    """The index of the segment whose start state is shuffled (None: no shuffling)."""
+    if perm is None:
+        if shuffle_at is not None:
+            raise ConfigError(
+                "shuffle_at is given but shuffle_state is off; pass shuffle_state=True"
+            )
+        return None
+    n_segments = -(-length // seg)
+    if shuffle_at is None:
+        if n_segments < 2 and carried == 0:
+            raise ConfigError(
+                f"shuffle_state needs an input of at least 2 segments ({2 * seg} tokens) or a "
+                "carried state: there is no accumulated memory to shuffle otherwise"
+            )
+        return n_segments - 1
+    if shuffle_at % seg or not (0 <= shuffle_at < length) or (shuffle_at == 0 and carried == 0):
+        raise ConfigError(
+            f"shuffle_at must be a segment boundary (a multiple of segment_len {seg}) inside the "
+            f"input (> 0 without a carried state, < {length}), got {shuffle_at}"
+        )
+    return shuffle_at // seg
 
 
 # ---------------------------------------------------------------------------------------- attach
