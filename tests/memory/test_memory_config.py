@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import Olmo2Config, Olmo3Config
 
 from olmokit.errors import ConfigError
@@ -118,3 +119,27 @@ def test_example_configs_fit_their_bases():
     assert (r3.segment_len, r3.layer_indices, r3.head_dim) == (4096, (8, 16, 24), 256)
     tiny = MemoryConfig.from_yaml(CONFIGS / "tiny.yaml")
     assert tiny.model.name == "olmo2-stdlib" and tiny.data.seq_len == 4 * tiny.memory.segment_len
+
+
+def test_gate_biases_are_settings_checked_and_reach_the_engine():
+    """alpha/eta/theta biases are MemorySettings keys (the demo sets alpha's through them), checked
+    (finite, within [-30, 30]) and given to every memory layer's gate projections."""
+    from olmokit.memory import attach_memory
+    from olmokit.memory.model import iter_memory_layers
+
+    for key in ("alpha_bias", "eta_bias", "theta_bias"):
+        for bad in (float("inf"), float("nan"), 31.0, -31.0):
+            with pytest.raises(ConfigError, match=key):
+                MemorySettings.from_dict({key: bad})
+    defaults = MemorySettings()
+    assert (defaults.alpha_bias, defaults.eta_bias, defaults.theta_bias) == (-5.0, 2.0, 0.0)
+    model = random_model("olmo2", "tiny", seed=0)
+    s = MemorySettings(
+        segment_len=8, chunk_train=4, chunk_prefill=4, alpha_bias=-8.0, eta_bias=1.5,
+        theta_bias=-0.5,
+    )  # fmt: skip
+    mm = attach_memory(model, s)
+    for _, layer in iter_memory_layers(mm):
+        for name, want in (("to_alpha", -8.0), ("to_eta", 1.5), ("to_theta", -0.5)):
+            bias = getattr(layer.memory, name).bias
+            assert torch.equal(bias, torch.full_like(bias, want)), name

@@ -102,6 +102,29 @@ class MemorySettings(OlmokitConfig):
     conv_kernel: int = Field(0, ge=0, description="short causal depthwise conv on q/k/v (0 = off)")
     max_lr: float = Field(0.1, gt=0, description="inner learning rate theta = sigmoid(.) * max_lr")
     grad_clip: float = Field(1.0, gt=0, description="soft clip of the inner gradients")
+    alpha_bias: float = Field(
+        -5.0,
+        ge=-30,
+        le=30,
+        allow_inf_nan=False,
+        description="initial bias of the forget gate alpha = sigmoid(.) (-5: ~0.7% forgotten per "
+        "token; -8: ~0.03%, a write survives ~1000 tokens untrained — for far recall)",
+    )
+    eta_bias: float = Field(
+        2.0,
+        ge=-30,
+        le=30,
+        allow_inf_nan=False,
+        description="initial bias of the momentum gate eta = sigmoid(.) (2: ~0.88)",
+    )
+    theta_bias: float = Field(
+        0.0,
+        ge=-30,
+        le=30,
+        allow_inf_nan=False,
+        description="initial bias of the inner learning rate theta = sigmoid(.) * max_lr "
+        "(0: max_lr / 2)",
+    )
     chunk_train: int = Field(16, ge=1, description="engine chunk while training")
     chunk_prefill: int = Field(16, ge=1, description="engine chunk for no-grad forwards/prefill")
     chunk_decode: int = Field(1, ge=1, description="engine chunk while generating token by token")
@@ -126,6 +149,9 @@ class MemorySettings(OlmokitConfig):
         "conv_kernel",
         "max_lr",
         "grad_clip",
+        "alpha_bias",
+        "eta_bias",
+        "theta_bias",
         "chunk_train",
         "chunk_prefill",
         "chunk_decode",

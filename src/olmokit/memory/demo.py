@@ -48,7 +48,7 @@ from ..files import atomic_write_json
 from ..loading import load_model, save_model
 from ..zoo.presets import make_config
 from .config import MemorySettings, TrainingSection
-from .model import MemoryModel, attach_memory, iter_memory_layers
+from .model import MemoryModel, attach_memory
 from .train import train_memory
 
 __all__ = [
@@ -296,6 +296,7 @@ def demo_memory_settings(window: int, mem: DemoMemorySettings) -> MemorySettings
         heads=mem.heads,
         hidden=mem.hidden,
         conv_kernel=mem.conv_kernel,
+        alpha_bias=mem.alpha_bias,
         chunk_train=chunk,
         chunk_prefill=chunk,
         init_seed=mem.seed,
@@ -303,12 +304,8 @@ def demo_memory_settings(window: int, mem: DemoMemorySettings) -> MemorySettings
 
 
 def attach_demo_memory(model: torch.nn.Module, window: int, mem: DemoMemorySettings) -> MemoryModel:
-    """Attach the demo memory to a (frozen) base and set the forget gate's initial bias."""
-    mm = attach_memory(model, demo_memory_settings(window, mem))
-    with torch.no_grad():
-        for _, layer in iter_memory_layers(mm):
-            layer.memory.to_alpha.bias.fill_(mem.alpha_bias)
-    return mm
+    """Attach the demo memory (its forget gate's initial bias included) to a (frozen) base."""
+    return attach_memory(model, demo_memory_settings(window, mem))
 
 
 def padded_length(n: int, window: int) -> int:
