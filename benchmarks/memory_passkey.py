@@ -227,6 +227,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lr", type=float, default=DemoMemorySettings.learning_rate)
     p.add_argument("--text-steps", type=int, default=200)
     p.add_argument("--base-steps", type=int, default=DemoBaseSettings.steps)
+    p.add_argument("--base-layers", type=int, default=DemoBaseSettings.num_layers)
+    p.add_argument(
+        "--base-max-pairs",
+        type=int,
+        default=DemoBaseSettings.max_pairs,
+        help="in-window MQAR pairs the base is trained on (1..this)",
+    )
     p.add_argument("--n-eval", type=int, default=256)
     p.add_argument("--n-curve", type=int, default=64)
     p.add_argument("--text-window", type=int, default=32)
@@ -241,7 +248,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.curve_distances = [1, 2, 4, 8, 16, 32, 64]
     args.curve_pairs = [1, 2, 4, 8, 16, 32]
     mem = DemoMemorySettings(steps=args.steps, learning_rate=args.lr)
-    base_settings = DemoBaseSettings(window=args.window, steps=args.base_steps)
+    base_settings = DemoBaseSettings(
+        window=args.window,
+        steps=args.base_steps,
+        num_layers=args.base_layers,
+        max_pairs=args.base_max_pairs,
+    )
     if args.smoke:
         args.out = str(Path(args.out).with_name(Path(args.out).name + "-smoke"))
         args.distance, args.n_eval, args.n_curve, args.text_docs = 4, 8, 4, 2
