@@ -225,6 +225,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--mqar-train-pairs", type=int, nargs=2, default=[1, 32], help="pairs per training example"
     )
     p.add_argument("--lr", type=float, default=DemoMemorySettings.learning_rate)
+    p.add_argument(
+        "--conv-kernel",
+        type=int,
+        default=DemoMemorySettings.conv_kernel,
+        help="q/k/v short convolution of the task memories (0 = off)",
+    )
     p.add_argument("--text-steps", type=int, default=200)
     p.add_argument("--base-steps", type=int, default=DemoBaseSettings.steps)
     p.add_argument("--base-layers", type=int, default=DemoBaseSettings.num_layers)
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     args.curve_distances = [1, 2, 4, 8, 16, 32, 64]
     args.curve_pairs = [1, 2, 4, 8, 16, 32]
-    mem = DemoMemorySettings(steps=args.steps, learning_rate=args.lr)
+    mem = DemoMemorySettings(steps=args.steps, learning_rate=args.lr, conv_kernel=args.conv_kernel)
     base_settings = DemoBaseSettings(
         window=args.window,
         steps=args.base_steps,
