@@ -227,6 +227,7 @@ def train_method(
             tr.train()
             res["open_heads"] = int(mask.sum())
             res["heads"] = int(mask.numel())
+            res["selected_per_layer"] = [int(x) for x in mask.sum(-1)]
             res["params"] = k * 2 * adapter.head_dim  # stage 2 trains A and v of k heads
         if method != "lofit":
             oh = open_heads(model)
@@ -263,6 +264,14 @@ def train_method(
         tr.add_callback(best)
         tr.train()
         best.restore()
+    if method in ("jola", "dense", "ungated", "lofit"):
+        # heads whose edit is not the identity at evaluation (LoFiT: must equal the selection)
+        res["edited_heads"] = int(
+            sum(
+                int(((e.attn_A != 0).any(-1) | (e.attn_v != 0).any(-1)).sum())
+                for e in jola_edits(model).values()
+            )
+        )
     res["valid"] = score(model, tok, data.valid_ex, data.generative)
     res["test"] = score(model, tok, data.test, data.generative)
     if not data.generative:  # the standard whole-turn scoring too, to show what the tail does
