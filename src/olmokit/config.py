@@ -21,7 +21,7 @@ import types
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -366,6 +366,8 @@ class OlmokitConfig(BaseModel):
 def _type_name(annotation: Any) -> str:
     """A short, reader-facing spelling of a field's type (``int | None``, ``list[int]``)."""
     origin = get_origin(annotation)
+    if origin is Annotated:  # validators attached to a type are not part of its name
+        return _type_name(get_args(annotation)[0])
     if origin is None:
         if isinstance(annotation, type):
             return annotation.__name__

@@ -20,6 +20,7 @@ from ..errors import OlmokitError
 COMMAND_MODULES = [
     "olmokit.cli.info",
     "olmokit.cli.zoo",
+    "olmokit.cli.config_keys",
     "olmokit.jola.cli",
     "olmokit.lens.cli",
     "olmokit.merge.cli",
