@@ -145,3 +145,18 @@ def test_config_differences_names_the_field_inside_a_list_of_sections():
         "jobs.0.seq_len: saved 8, now 16",
         "layers: saved [0, 1], now [0, 2]",
     ]
+
+
+def test_only_the_main_process_creates_the_run(tmp_path, monkeypatch):
+    """Other ranks of a distributed launch get a handle but write nothing (rank 0 checks and
+    creates the directory); rank 0 (or no launcher) behaves exactly like ``create``."""
+    monkeypatch.setenv("RANK", "1")
+    other = RunDir.create_on_main_process(tmp_path / "r", _Cfg(), tool="test", resume=True)
+    assert other.path == tmp_path / "r" and other.resumed is True
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setenv("RANK", "0")
+    main = RunDir.create_on_main_process(tmp_path / "r", _Cfg(), tool="test", seed=3)
+    assert main.resumed is False
+    assert (tmp_path / "r" / "config.yaml").is_file()
+    with pytest.raises(ReportError, match="--resume"):
+        RunDir.create_on_main_process(tmp_path / "r", _Cfg(), tool="test")

@@ -249,6 +249,38 @@ class RunDir:
         run._record_start(seed)
         return run
 
+    @classmethod
+    def create_on_main_process(
+        cls,
+        path: str | os.PathLike[str],
+        config: OlmokitConfig,
+        *,
+        tool: str,
+        resume: bool = False,
+        overwrite: bool = False,
+        seed: int | None = None,
+        ignore_on_resume: Iterable[str] = (),
+    ) -> RunDir:
+        """:meth:`create` on rank 0 (or without a distributed launch); on the other ranks of an
+        ``accelerate``/``torchrun`` launch, only a handle on the same directory.
+
+        Ranks are read from the launcher's environment (``RANK``), because a tool opens its run
+        directory before ``TrainingArguments`` sets up the process group. Other ranks must not write
+        into the directory before rank 0 has created (or checked) it: they only read it, and Trainer
+        writes their checkpoint files once the process group has formed.
+        """
+        if int(os.environ.get("RANK", "0")) == 0:
+            return cls.create(
+                path,
+                config,
+                tool=tool,
+                resume=resume,
+                overwrite=overwrite,
+                seed=seed,
+                ignore_on_resume=ignore_on_resume,
+            )
+        return cls(path, tool=tool, resumed=resume)
+
     def _record_start(self, seed: int | None) -> None:
         env_path = self.path / ENVIRONMENT_FILE
         starts: list[dict[str, Any]] = []

@@ -17,7 +17,6 @@ Under ``accelerate launch`` only the main process writes and evaluates.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -248,27 +247,16 @@ def _first_score(res: dict[str, Any]) -> float | None:
     return res.get("acc", res.get("em"))
 
 
-def _is_main_process() -> bool:
-    """Rank 0 (or no distributed launch); decided from the launcher's environment, because the run
-    directory is opened before ``TrainingArguments`` sets up the process group."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _open_run(config: JoLAConfig, resume: bool, overwrite: bool) -> RunDir:
-    out = config.training.output_dir
-    if _is_main_process():
-        return RunDir.create(
-            out,
-            config,
-            tool="jola",
-            resume=resume,
-            overwrite=overwrite,
-            seed=config.training.seed,
-            ignore_on_resume=IGNORE_ON_RESUME,
-        )
-    # Other ranks must not write into it before the main process has created (or checked) it: they
-    # only read it, and Trainer writes their checkpoint files after the process group has formed.
-    return RunDir(out, tool="jola", resumed=resume)
+    return RunDir.create_on_main_process(
+        config.training.output_dir,
+        config,
+        tool="jola",
+        resume=resume,
+        overwrite=overwrite,
+        seed=config.training.seed,
+        ignore_on_resume=IGNORE_ON_RESUME,
+    )
 
 
 def run_jola(

@@ -117,25 +117,16 @@ def _logits(mm: MemoryModel, ids: torch.Tensor, disabled: bool = False, **kw: An
     return mm(ids, return_logits=True, **kw).logits
 
 
-def _is_main_process() -> bool:
-    """Rank 0 (or no distributed launch), from the launcher's environment: the run directory is
-    opened before ``TrainingArguments`` sets up the process group."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _open_run(config: MemoryConfig, resume: bool, overwrite: bool) -> RunDir:
-    out = config.training.output_dir
-    if _is_main_process():
-        return RunDir.create(
-            out,
-            config,
-            tool="memory",
-            resume=resume,
-            overwrite=overwrite,
-            seed=config.training.seed,
-            ignore_on_resume=IGNORE_ON_RESUME,
-        )
-    return RunDir(out, tool="memory", resumed=resume)
+    return RunDir.create_on_main_process(
+        config.training.output_dir,
+        config,
+        tool="memory",
+        resume=resume,
+        overwrite=overwrite,
+        seed=config.training.seed,
+        ignore_on_resume=IGNORE_ON_RESUME,
+    )
 
 
 def run_memory(
