@@ -19,7 +19,7 @@ cache is keyed on.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -110,24 +110,41 @@ class WorkingModel:
         else:
             self.overrides[name] = source
 
-    @torch.no_grad()
     def apply(self, unit: ParameterUnit | str, member: Any) -> None:
         """Copy ``member``'s tensors of ``unit`` into the model in place (cast to the model's dtype
         and device). ``member`` is a pool member (or its name)."""
-        u = self.unit(unit)
-        if u.tied_to is not None:
-            return  # the tied lm_head follows embed_tokens: same tensor
-        tensors = self.pool.unit_tensors(member, u)
-        missing = [k for k in u.keys if k not in tensors]
-        if missing:
-            raise CheckpointError(f"{_name(member)}: no tensor {missing[0]!r} for unit {u.name}")
-        for key in u.keys:
-            self._tensors[key].copy_(tensors[key])
-        self.set_source(u, _name(member))
+        self.apply_all([unit], member)
 
+    @torch.no_grad()
     def apply_all(self, units: Iterable[ParameterUnit | str], member: Any) -> None:
-        for u in units:
-            self.apply(u, member)
+        """:meth:`apply` for several units of one member, reading them in one go: the donor's file
+        is opened once for all of them and each tensor is cast by ``copy_`` straight from the
+        mapping (:meth:`olmokit.merge.pool.Pool.copy_units`). Every tensor of the units is
+        overwritten, so applying one candidate over another needs no restore in between."""
+        us = [u for u in (self.unit(u) for u in units) if u.tied_to is None]  # tied: same tensor
+        copy_units = getattr(self.pool, "copy_units", None)
+        if copy_units is not None:
+            copy_units(member, us, self._tensors)
+        else:  # a pool with only unit_tensors (the minimal interface)
+            for u in us:
+                tensors = self.pool.unit_tensors(member, u)
+                missing = [k for k in u.keys if k not in tensors]
+                if missing:
+                    raise CheckpointError(
+                        f"{_name(member)}: no tensor {missing[0]!r} for unit {u.name}"
+                    )
+                for key in u.keys:
+                    self._tensors[key].copy_(tensors[key])
+        for u in us:
+            self.set_source(u, _name(member))
+
+    @contextmanager
+    def keep_open(self) -> Iterator[None]:
+        """Donor files read inside the block stay mapped until it ends (see
+        :meth:`olmokit.merge.pool.Pool.keep_open`); a pool without that is used as it is."""
+        keep = getattr(self.pool, "keep_open", None)
+        with keep() if keep is not None else nullcontext():
+            yield
 
     @torch.no_grad()
     def snapshot(self, units: Iterable[ParameterUnit | str]) -> dict[str, Any]:
