@@ -27,10 +27,11 @@ def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+@pytest.mark.parametrize("granularity", ["token", "chunk"])
 @pytest.mark.parametrize("chunk", [1, 3, 4, 16])
 @pytest.mark.parametrize("conv", [0, 3])
-def test_chained_calls_equal_one_call(chunk, conv):
-    mem = make_memory(conv_kernel=conv, residual_norm=conv > 0)
+def test_chained_calls_equal_one_call(chunk, conv, granularity):
+    mem = make_memory(conv_kernel=conv, residual_norm=conv > 0, granularity=granularity)
     x = torch.randn(2, 23, 10, dtype=torch.float64)
     y, full = mem(x, chunk_size=chunk)
     state, ys = None, []
@@ -48,9 +49,10 @@ def test_chained_calls_equal_one_call(chunk, conv):
     assert max(maxdiff(a, b) for a, b in zip(g1, g2)) < 1e-11
 
 
+@pytest.mark.parametrize("granularity", ["token", "chunk"])
 @pytest.mark.parametrize("chunk", [1, 4, 8])
-def test_prefill_then_decode_equals_full_forward(chunk):
-    mem = make_memory(conv_kernel=2).eval()
+def test_prefill_then_decode_equals_full_forward(chunk, granularity):
+    mem = make_memory(conv_kernel=2, granularity=granularity).eval()
     x = torch.randn(2, 19, 10, dtype=torch.float64)
     y, _ = mem(x, chunk_size=chunk)
     out, state = mem(x[:, :7], chunk_size=chunk)
@@ -90,8 +92,32 @@ def test_prefill_and_decode_chunk_sizes_may_differ():
     assert maxdiff(torch.cat(outs, 1), mem(x, chunk_size=8)[0]) > 1e-6
 
 
-def test_store_then_retrieve_matches_forward():
-    mem = make_memory()
+def test_per_chunk_prefill_and_decode_chunk_sizes_may_differ():
+    """granularity chunk: prefill at 8 leaves 3 tokens pending (read with the weights after chunk
+    [0, 8)); decoding at chunk 1 first applies [8, 11) as one chunk, then one update per token."""
+    mem = make_memory(chunk_prefill=8, chunk_decode=1, granularity="chunk").eval()
+    x = torch.randn(2, 15, 10, dtype=torch.float64)
+    out, state = mem(x[:, :11])
+    assert state.pending == 3 and state.pending_chunk == 8
+    outs = [out]
+    for t in range(11, 15):
+        step, state = mem(x[:, t : t + 1], state)
+        outs.append(step)
+    y = torch.cat(outs, 1)
+    assert state.pending == 0 and state.position == 15
+    y_ref, w_ref, s_ref = reference_forward(mem, x, 8, chunk_lengths=[8, 3, 1, 1, 1, 1])
+    # token 10 was answered before its partial chunk was applied: it read the weights after [0, 8)
+    assert maxdiff(y[:, :10], y_ref[:, :10]) < 1e-12 and maxdiff(y[:, 11:], y_ref[:, 11:]) < 1e-12
+    assert maxdiff(y[:, 10], reference_forward(mem, x[:, :11], 8)[0][:, 10]) < 1e-12
+    assert maxdiff(y[:, 10], y_ref[:, 10]) > 1e-6
+    for a, b in zip(state.weights + state.momentum, w_ref + s_ref):
+        assert maxdiff(a, b) < 1e-12
+    assert maxdiff(y, mem(x, chunk_size=8)[0]) > 1e-6
+
+
+@pytest.mark.parametrize("granularity", ["token", "chunk"])
+def test_store_then_retrieve_matches_forward(granularity):
+    mem = make_memory(granularity=granularity)
     x = torch.randn(2, 10, 10, dtype=torch.float64)
     y, state = mem(x, chunk_size=4)
     stored = mem.store(x, chunk_size=4)
@@ -106,8 +132,9 @@ def test_store_then_retrieve_matches_forward():
     assert maxdiff(a, b) < 1e-12
 
 
-def test_current_weights_match_reference():
-    mem = make_memory(depth=3)
+@pytest.mark.parametrize("granularity", ["token", "chunk"])
+def test_current_weights_match_reference(granularity):
+    mem = make_memory(depth=3, granularity=granularity)
     x = torch.randn(1, 10, 10, dtype=torch.float64)
     _, state = mem(x, chunk_size=4)
     _, w_ref, _ = reference_forward(mem, x, 4)
@@ -165,6 +192,8 @@ def test_bad_inputs_raise_config_errors():
         NeuralMemoryConfig(dim=8, bias="l1")
     with pytest.raises(ConfigError, match="chunk_train"):
         NeuralMemoryConfig(dim=8, chunk_train=0)
+    with pytest.raises(ConfigError, match="granularity must be one of token, chunk"):
+        NeuralMemoryConfig(dim=8, granularity="tokens")
     mem = NeuralMemory(NeuralMemoryConfig(dim=8, heads=2, head_dim=4, hidden=8))
     with pytest.raises(ConfigError, match="chunk_size"):
         mem(torch.randn(1, 3, 8), chunk_size=0)
@@ -180,3 +209,77 @@ def test_empty_input_is_a_no_op():
     _, state = mem(torch.randn(1, 5, 10, dtype=torch.float64), chunk_size=4)
     y, same = mem(torch.zeros(1, 0, 10, dtype=torch.float64), state, chunk_size=4)
     assert y.shape == (1, 0, 10) and same is state
+
+
+def test_per_chunk_matches_titans_pytorch():
+    """fp64, shared weights: granularity chunk equals titans-pytorch ``NeuralMemory(chunk_size=b,
+    batch_size=b)`` — outputs and the gradients of the shared outer parameters — at depth 2 and 3,
+    batch 2, T not a multiple of b. titans' extras olmokit lacks are set to match: its q/k RMSNorm
+    becomes olmokit's ℓ2 normalisation, its retrieve gate is removed, no residual norm (titans' has a
+    learned fast-weight scale), no gradient clip (titans clamps a different quantity)."""
+    titans = pytest.importorskip("titans_pytorch")
+    import warnings
+
+    from torch import nn
+
+    class UnitNorm(nn.Module):
+        def forward(self, t):
+            return t / torch.sqrt((t * t).sum(-1, keepdim=True) + 1e-6)
+
+    x = torch.randn(2, 37, 32, dtype=torch.float64)
+    for depth, b in ((2, 4), (3, 8), (2, 1)):
+        torch.manual_seed(depth * 10 + b)
+        cfg = NeuralMemoryConfig(
+            dim=32, heads=2, head_dim=8, hidden=16, depth=depth, grad_clip=None, granularity="chunk"
+        )
+        ours = NeuralMemory(cfg).double()
+        with torch.no_grad():
+            for p in ours.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+            ours.to_alpha.bias.fill_(-2.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = titans.NeuralMemory(
+                dim=32,
+                heads=2,
+                dim_head=8,
+                chunk_size=b,
+                batch_size=b,
+                model=titans.MemoryMLP(8, depth=depth, expansion_factor=2),
+                mem_model_norm_add_residual=False,
+                default_step_transform_max_lr=cfg.max_lr,
+            ).double()
+        shared = [
+            (ref.to_queries.weight, ours.to_q.weight),
+            (ref.to_keys.weight, ours.to_k.weight),
+            (ref.to_values.weight, ours.to_v.weight),
+            (ref.combine_heads.weight, ours.to_out.weight),
+        ]
+        for dst, src in (
+            (ref.to_adaptive_step[0], ours.to_theta),
+            (ref.to_momentum[0], ours.to_eta),
+            (ref.to_decay_factor[0], ours.to_alpha),
+        ):
+            shared += [(dst.weight, src.weight), (dst.bias, src.bias)]
+        shared += list(zip(ref.memory_model_parameters, ours.init_weights, strict=True))
+        with torch.no_grad():
+            for norm in (ref.store_norm, ref.retrieve_norm):
+                norm.weight.copy_(ours.norm_weight)
+                norm.eps = 1e-6
+            for dst, src in shared:
+                dst.copy_(src)
+        ref.q_norm, ref.k_norm, ref.retrieve_gate = UnitNorm(), UnitNorm(), None
+        y = ours(x, chunk_size=b)[0]
+        y_ref = ref(x)[0]
+        assert maxdiff(y, y_ref) < 1e-12, (depth, b)
+        assert y.abs().max() > 0.1
+        probe = torch.sin(torch.arange(y.numel(), dtype=y.dtype)).view_as(y)
+        g_ours = torch.autograd.grad((y * probe).sum(), [s for _, s in shared])
+        g_ref = torch.autograd.grad((y_ref * probe).sum(), [d for d, _ in shared])
+        for a, c in zip(g_ours, g_ref, strict=True):
+            assert a.abs().max() > 0 and maxdiff(a, c) < 1e-12, (depth, b)
+        # and the per-token granularity is a different function from this titans setting
+        if b > 1:
+            tok = NeuralMemory(NeuralMemoryConfig(**{**cfg.to_dict(), "granularity": "token"}))
+            tok.load_state_dict(ours.state_dict())
+            assert maxdiff(tok.double()(x, chunk_size=b)[0], y_ref) > 1e-3

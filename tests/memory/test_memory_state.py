@@ -11,14 +11,17 @@ from olmokit.memory.neural import NeuralMemory, NeuralMemoryConfig
 from olmokit.memory.state import MemoryState
 
 
-def make_memory(conv: int = 2) -> NeuralMemory:
+def make_memory(conv: int = 2, granularity: str = "token") -> NeuralMemory:
     torch.manual_seed(0)
-    cfg = NeuralMemoryConfig(dim=10, heads=2, head_dim=4, hidden=6, depth=3, conv_kernel=conv)
+    cfg = NeuralMemoryConfig(
+        dim=10, heads=2, head_dim=4, hidden=6, depth=3, conv_kernel=conv, granularity=granularity
+    )
     return NeuralMemory(cfg).double()
 
 
-def test_state_round_trips_through_safetensors(tmp_path):
-    mem = make_memory()
+@pytest.mark.parametrize("granularity", ["token", "chunk"])
+def test_state_round_trips_through_safetensors(tmp_path, granularity):
+    mem = make_memory(granularity=granularity)
     x = torch.randn(2, 23, 10, dtype=torch.float64)
     y_full, _ = mem(x, chunk_size=4)
     _, state = mem(x[:, :10], chunk_size=4)
@@ -40,8 +43,9 @@ def test_missing_key_is_a_checkpoint_error():
         MemoryState.from_state_dict(sd)
 
 
-def test_detach_cuts_the_graph():
-    mem = make_memory(conv=0)
+@pytest.mark.parametrize("granularity", ["token", "chunk"])
+def test_detach_cuts_the_graph(granularity):
+    mem = make_memory(conv=0, granularity=granularity)
     x = torch.randn(1, 8, 10, dtype=torch.float64)
     _, state = mem(x, chunk_size=4)
     # through the carried state the initial weights get a gradient from the next call...

@@ -44,9 +44,11 @@ __all__ = [
     "EngineSpec",
     "attentional_bias_grad",
     "chunk_coefficients",
+    "chunk_step",
     "dual_chunk",
     "commit_partial",
     "memory_scan",
+    "memory_scan_per_chunk",
     "mlp_forward",
 ]
 
@@ -317,3 +319,102 @@ def commit_partial(
     co = chunk_coefficients(gates[..., 0], gates[..., 1])
     _, w, s = dual_chunk(weights, momentum, k, v, None, gates[..., 2], co, spec, True)
     return w, s
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-chunk granularity (titans-pytorch ``NeuralMemory(chunk_size=b, batch_size=b)`` semantics)
+#
+#     U_c = Σ_{t ∈ c} θ'_t ∇_W ℓ(M(k_t; W_c), v_t)     # θ'_t = θ_t s_t (per-token soft clip)
+#     S_{c+1} = η_c S_c - U_c;   W_{c+1} = (1 - α_c) W_c + S_{c+1}
+#     α_c = sigmoid(mean_{t ∈ c} z^α_t),  η_c = sigmoid(mean_{t ∈ c} z^η_t)   (gate logits averaged)
+#     y_t = M(q_t; W after every chunk that ended at or before t)
+#
+# One update per chunk: U_l = A_{l-1}ᵀ (θ' ⊙ Δ_l) is a single matmul per layer, and retrieval is a
+# plain MLP forward at one set of weights per chunk (no b×b coefficients, no momentum terms). A
+# chunk's last token reads the weights *after* its chunk; the others read the chunk-start weights.
+# The tokens of an unfinished chunk need no key pass at all until their chunk completes.
+# ---------------------------------------------------------------------------------------------------
+
+
+def chunk_step(
+    weights: list[Tensor],
+    momentum: list[Tensor],
+    k: Tensor,
+    v: Tensor,
+    gates: Tensor,
+    spec: EngineSpec,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """One per-chunk update from the chunk-start weights: the weights and momentum after the chunk.
+
+    k, v [N, n, d]; gates [N, n, 3] = (α logit, η logit, θ) per token; the chunk's α and η are the
+    sigmoids of the mean logits (titans-pytorch's average pooling of the chunk before its gate
+    projections, which are linear).
+    """
+    acts, deltas, sq = _key_pass(weights, k, v, spec)
+    theta = gates[..., 2]
+    if spec.grad_clip:
+        theta = theta * torch.rsqrt(1.0 + sq / (spec.grad_clip * spec.grad_clip))
+    zm = gates[..., :2].mean(1)
+    keep = torch.sigmoid(-zm[:, 0])[:, None, None]  # 1 - α_c
+    eta = torch.sigmoid(zm[:, 1])[:, None, None]
+    new_w, new_s = [], []
+    for w, s, a, d in zip(weights, momentum, acts, deltas):
+        # θ' scales the narrower operand of U = aᵀ (θ' d)
+        if a.shape[-1] <= d.shape[-1]:
+            s2 = torch.baddbmm(eta * s, (a * theta.unsqueeze(-1)).mT, d, alpha=-1.0)
+        else:
+            s2 = torch.baddbmm(eta * s, a.mT, d * theta.unsqueeze(-1), alpha=-1.0)
+        new_s.append(s2)
+        new_w.append(keep * w + s2)
+    return new_w, new_s
+
+
+def memory_scan_per_chunk(
+    weights: list[Tensor],
+    momentum: list[Tensor],
+    k: Tensor,
+    v: Tensor,
+    q: Tensor | None,
+    gates: Tensor,
+    *,
+    start: int,
+    n_skip: int,
+    chunk: int,
+    spec: EngineSpec,
+) -> tuple[Tensor | None, list[Tensor], list[Tensor], int]:
+    """:func:`memory_scan` at per-chunk granularity (same arguments and returns).
+
+    gates [N, n, 3] = (α logit, η logit, θ). Query row i (stream index n_skip + i) is answered with
+    the weights after every chunk of the stream that ends at or before it; the pending tokens of an
+    unfinished chunk are only read (their key pass runs when the chunk completes).
+    """
+    n = k.shape[-2]
+    segs = _segments(start, n, chunk)
+    sizes = [hi - lo for lo, hi in segs]
+    commits = [(start + hi) % chunk == 0 for _, hi in segs]
+    ys: list[Tensor] = []
+    q_groups: list[Tensor | None] = []
+    if q is not None:
+        # group j = the query rows read with the weights after j commits: stream cuts at the last
+        # token of each committed chunk (that token already reads its own chunk's update)
+        cuts = [hi - 1 for (_, hi), c in zip(segs, commits) if c]
+        bounds = [n_skip] + [max(n_skip, c) for c in cuts] + [n]
+        rows = [hi - lo for lo, hi in zip(bounds, bounds[1:])]
+        q_groups = [g if r else None for g, r in zip(q.split(rows, 1), rows)]
+    ks, vs, gs = k.split(sizes, 1), v.split(sizes, 1), gates.split(sizes, 1)
+    pending = 0
+    version = 0
+    for i, commit in enumerate(commits):
+        if q_groups and q_groups[version] is not None:
+            ys.append(mlp_forward(q_groups[version], weights, spec))
+        if commit:
+            weights, momentum = chunk_step(weights, momentum, ks[i], vs[i], gs[i], spec)
+            version += 1
+        else:
+            pending = sizes[i]
+    if q_groups and version < len(q_groups) and q_groups[version] is not None and commits[-1]:
+        ys.append(mlp_forward(q_groups[version], weights, spec))
+    y = None
+    if q is not None:
+        y = torch.cat(ys, 1) if ys else q.new_zeros(q.shape)
+    return y, weights, momentum, pending

@@ -24,10 +24,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from olmokit.errors import ConfigError
-from olmokit.memory.engine import BIASES, EngineSpec, commit_partial, memory_scan, mlp_forward
+from olmokit.memory.engine import (
+    BIASES,
+    EngineSpec,
+    chunk_step,
+    commit_partial,
+    memory_scan,
+    memory_scan_per_chunk,
+    mlp_forward,
+)
 from olmokit.memory.state import MemoryState
 
-__all__ = ["NeuralMemory", "NeuralMemoryConfig"]
+__all__ = ["GRANULARITIES", "NeuralMemory", "NeuralMemoryConfig"]
+
+#: update granularities: one update per token (Titans' equations) or one per chunk (titans-pytorch)
+GRANULARITIES = ("token", "chunk")
 
 #: eps of the q/k ℓ2 normalisation: x / sqrt(Σx² + eps)
 QK_NORM_EPS = 1e-6
@@ -54,6 +65,13 @@ class NeuralMemoryConfig:
             (train mode; eval mode with more than one token; eval mode with one token).
         alpha_bias, eta_bias, theta_bias: initial biases of the gate projections (sigmoid(-5)≈0.007
             forgetting, sigmoid(2)≈0.88 momentum, θ = max_lr/2).
+        granularity: "token" (default): per-token gates, momentum and decay inside a chunk (b
+            updates per chunk, all gradients at the chunk-start weights), y_t reads W_t — Titans'
+            equations, and titans-pytorch's ``chunk_size=1, batch_size=b``. "chunk": one update per
+            chunk — the θ-weighted gradients of the chunk summed, α and η from the chunk's mean gate
+            logits, y_t reads the weights after the last chunk that ended at or before t — the
+            semantics of titans-pytorch's ``chunk_size=b, batch_size=b``; cheaper (no b×b terms),
+            and the forget gate then acts once per chunk instead of once per token.
     """
 
     dim: int
@@ -75,6 +93,7 @@ class NeuralMemoryConfig:
     alpha_bias: float = -5.0
     eta_bias: float = 2.0
     theta_bias: float = 0.0
+    granularity: str = "token"
 
     def __post_init__(self) -> None:
         for name in (
@@ -113,6 +132,11 @@ class NeuralMemoryConfig:
         if self.huber_delta <= 0:
             raise ConfigError(
                 f"NeuralMemoryConfig.huber_delta must be > 0, got {self.huber_delta!r}"
+            )
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(
+                f"NeuralMemoryConfig.granularity must be one of {', '.join(GRANULARITIES)}, "
+                f"got {self.granularity!r}"
             )
         if self.lp_p < 1 or self.lp_eps <= 0:
             raise ConfigError(
@@ -185,6 +209,11 @@ class NeuralMemory(nn.Module):
         self.spec = c.spec
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def per_chunk(self) -> bool:
+        """One memory update per chunk (``granularity: chunk``) instead of one per token."""
+        return self.config.granularity == "chunk"
+
     @property
     def state_dtype(self) -> torch.dtype:
         """fp64 when the module is fp64 (tests), else fp32."""
@@ -299,14 +328,25 @@ class NeuralMemory(nn.Module):
             z = F.linear(xn, lin.weight.to(dt), lin.bias.to(dt))
             return z.transpose(1, 2).reshape(-1, z.shape[1])
 
-        gates = torch.stack(
-            [
-                F.logsigmoid(-gate(self.to_alpha)),  # log(1 - α)
-                F.logsigmoid(gate(self.to_eta)),  # log η
-                torch.sigmoid(gate(self.to_theta)) * self.config.max_lr,  # θ
-            ],
-            -1,
-        )
+        if self.per_chunk:
+            # the chunk's α and η are sigmoids of its *mean* logits: keep the logits
+            gates = torch.stack(
+                [
+                    gate(self.to_alpha),  # α logit
+                    gate(self.to_eta),  # η logit
+                    torch.sigmoid(gate(self.to_theta)) * self.config.max_lr,  # θ
+                ],
+                -1,
+            )
+        else:
+            gates = torch.stack(
+                [
+                    F.logsigmoid(-gate(self.to_alpha)),  # log(1 - α)
+                    F.logsigmoid(gate(self.to_eta)),  # log η
+                    torch.sigmoid(gate(self.to_theta)) * self.config.max_lr,  # θ
+                ],
+                -1,
+            )
         return _l2norm(self._heads(k)), self._heads(v), gates, conv_kv
 
     def _out(self, y: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
@@ -324,7 +364,8 @@ class NeuralMemory(nn.Module):
         """Close the pending partial chunk when this call uses another chunk size."""
         if state.pending == 0 or state.pending_chunk == chunk:
             return state
-        w, s = commit_partial(
+        commit = chunk_step if self.per_chunk else commit_partial
+        w, s = commit(
             list(state.weights),
             list(state.momentum),
             state.pending_k,
@@ -360,7 +401,8 @@ class NeuralMemory(nn.Module):
         kk = torch.cat([state.pending_k, k], 1)
         vv = torch.cat([state.pending_v, v], 1)
         gg = torch.cat([state.pending_gates, gates], 1)
-        y, w, s, npend = memory_scan(
+        scan = memory_scan_per_chunk if self.per_chunk else memory_scan
+        y, w, s, npend = scan(
             list(state.weights),
             list(state.momentum),
             kk,
@@ -403,7 +445,11 @@ class NeuralMemory(nn.Module):
         return self._write(x, state, chunk_size, read=False)[1]
 
     def current_weights(self, state: MemoryState) -> list[Tensor]:
-        """The memory weights after the last stored token (the pending tokens applied)."""
+        """The weights the next read uses: after the last stored token (the pending tokens applied);
+        at ``granularity: chunk``, after the last completed chunk (pending tokens count only when
+        their chunk completes, as in the forward's reads)."""
+        if self.per_chunk:
+            return list(state.weights)
         w, _ = commit_partial(
             list(state.weights),
             list(state.momentum),

@@ -11,6 +11,15 @@ with the plain products (1-α), η — no log space, no closed form::
         S_t = η_t S_{t-1} - θ_t s_t u_t;  W_t = (1 - α_t) W_{t-1} + S_t;  y_t = M(q_t; W_t)
 
 Use it in float64 for parity tests and as the "per-token loop" of the speed benchmark.
+
+At ``granularity: chunk`` (:func:`reference_forward_per_chunk`, which :func:`reference_forward`
+dispatches to) the same per-token gradients are summed over each chunk and applied once, with the
+chunk's gates computed from the mean of its normalised inputs (titans-pytorch's average pooling)::
+
+    for each complete chunk c (its tokens' gradients all at W_c):
+        U = Σ_{t∈c} θ_t s_t u_t;  α_c, η_c = sigmoid(mean_{t∈c}(x̂_t) W + b)
+        S ← η_c S - U;  W ← (1 - α_c) W + S
+    y_t = M(q_t; W after every chunk that ended at or before t)
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["reference_forward", "reference_loss"]
+__all__ = ["reference_forward", "reference_forward_per_chunk", "reference_loss"]
 
 
 def reference_loss(
@@ -66,19 +75,8 @@ def _causal_conv(raw: Tensor, weight: Tensor) -> Tensor:
     return out
 
 
-def reference_forward(
-    mem, x: Tensor, chunk_size: int, chunk_lengths: list[int] | None = None
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Store and retrieve ``x`` [B, T, dim] from a fresh state, one token at a time.
-
-    Chunks start at multiples of ``chunk_size``, or, with ``chunk_lengths``, at the running sums of
-    those lengths (to check calls that switch chunk size). Returns (y [B, T, dim], final weights,
-    final momentum), weights as ``[B·heads, in, out]``.
-    """
-    if chunk_lengths is None:
-        starts = set(range(0, x.shape[1], chunk_size))
-    else:
-        starts = {sum(chunk_lengths[:i]) for i in range(len(chunk_lengths))}
+def _prepare(mem, x: Tensor) -> dict:
+    """Per-head inputs of the memory, from the parameter definitions: normalised input, q/k/v, gates."""
     c = mem.config
     bsz, n_tok, _ = x.shape
     h, d = c.heads, c.head_dim
@@ -103,30 +101,104 @@ def reference_forward(
 
     q, k, v = unit(per_head(q)), unit(per_head(k)), per_head(v)
     alpha, eta, theta = (g.permute(0, 2, 1).reshape(bsz * h, n_tok) for g in (alpha, eta, theta))
-
     weights = [
         w.unsqueeze(0).expand(bsz, *w.shape).reshape(bsz * h, *w.shape[1:])
         for w in mem.init_weights
     ]
+    return dict(xn=xn, q=q, k=k, v=v, alpha=alpha, eta=eta, theta=theta, weights=weights)
+
+
+def _token_grad(mem, start: list[Tensor], k: Tensor, v: Tensor, theta: Tensor):
+    """Token t's inner gradient at the chunk-start weights and its clipped learning rate."""
+    c = mem.config
+    loss = reference_loss(
+        _mlp(k, start, c.residual_norm), v, c.bias, c.huber_delta, c.lp_p, c.lp_eps
+    )
+    grads = torch.autograd.grad(loss.sum(), start, create_graph=True)
+    lr = theta
+    if c.grad_clip:
+        sq = sum((g**2).sum((-2, -1)) for g in grads)
+        lr = lr / torch.sqrt(1.0 + sq / c.grad_clip**2)
+    return grads, lr
+
+
+def _merge_heads(mem, ys: list[Tensor], bsz: int) -> Tensor:
+    c = mem.config
+    h, d, n_tok = c.heads, c.head_dim, len(ys)
+    y = torch.stack(ys, 1)  # [B*H, T, d]
+    y = y.reshape(bsz, h, n_tok, d).permute(0, 2, 1, 3).reshape(bsz, n_tok, h * d)
+    return F.linear(y, mem.to_out.weight)
+
+
+def reference_forward(
+    mem, x: Tensor, chunk_size: int, chunk_lengths: list[int] | None = None
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Store and retrieve ``x`` [B, T, dim] from a fresh state, one token at a time.
+
+    Chunks start at multiples of ``chunk_size``, or, with ``chunk_lengths``, at the running sums of
+    those lengths (to check calls that switch chunk size). Returns (y [B, T, dim], final weights,
+    final momentum), weights as ``[B·heads, in, out]``. A module with ``granularity: chunk`` is
+    handed to :func:`reference_forward_per_chunk`.
+    """
+    if mem.config.granularity == "chunk":
+        return reference_forward_per_chunk(mem, x, chunk_size, chunk_lengths)
+    if chunk_lengths is None:
+        starts = set(range(0, x.shape[1], chunk_size))
+    else:
+        starts = {sum(chunk_lengths[:i]) for i in range(len(chunk_lengths))}
+    c = mem.config
+    p = _prepare(mem, x)
+    q, k, v, alpha, eta, theta = (p[n] for n in ("q", "k", "v", "alpha", "eta", "theta"))
+    weights = p["weights"]
     momentum = [torch.zeros_like(w) for w in weights]
     start = list(weights)
     ys = []
-    for t in range(n_tok):
+    for t in range(x.shape[1]):
         if t in starts:
             start = list(weights)
-        loss = reference_loss(
-            _mlp(k[:, t], start, c.residual_norm), v[:, t], c.bias, c.huber_delta, c.lp_p, c.lp_eps
-        )
-        grads = torch.autograd.grad(loss.sum(), start, create_graph=True)
-        lr = theta[:, t]
-        if c.grad_clip:
-            sq = sum((g**2).sum((-2, -1)) for g in grads)
-            lr = lr / torch.sqrt(1.0 + sq / c.grad_clip**2)
+        grads, lr = _token_grad(mem, start, k[:, t], v[:, t], theta[:, t])
         momentum = [
             eta[:, t, None, None] * s - lr[:, None, None] * g for s, g in zip(momentum, grads)
         ]
         weights = [(1 - alpha[:, t, None, None]) * w + s for w, s in zip(weights, momentum)]
         ys.append(_mlp(q[:, t], weights, c.residual_norm))
-    y = torch.stack(ys, 1)  # [B*H, T, d]
-    y = y.reshape(bsz, h, n_tok, d).permute(0, 2, 1, 3).reshape(bsz, n_tok, h * d)
-    return F.linear(y, mem.to_out.weight), weights, momentum
+    return _merge_heads(mem, ys, x.shape[0]), weights, momentum
+
+
+def reference_forward_per_chunk(
+    mem, x: Tensor, chunk_size: int, chunk_lengths: list[int] | None = None
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """``granularity: chunk``: one update per complete chunk (see the module docstring).
+
+    Chunks are ``chunk_size`` long from position 0 (a trailing shorter chunk is incomplete: not
+    applied), or, with ``chunk_lengths``, exactly those chunks, each applied after its last token.
+    Returns (y [B, T, dim], weights, momentum) after the last applied chunk.
+    """
+    c = mem.config
+    bsz, n_tok, _ = x.shape
+    if chunk_lengths is None:
+        ends = set(range(chunk_size, n_tok + 1, chunk_size))
+    else:
+        ends = {sum(chunk_lengths[: i + 1]) for i in range(len(chunk_lengths))}
+    p = _prepare(mem, x)
+    q, k, v, theta, xn = (p[n] for n in ("q", "k", "v", "theta", "xn"))
+    weights = p["weights"]
+    momentum = [torch.zeros_like(w) for w in weights]
+    first = 0  # the current chunk's first token
+    acc = [torch.zeros_like(w) for w in weights]
+    ys = []
+    for t in range(n_tok):
+        grads, lr = _token_grad(mem, weights, k[:, t], v[:, t], theta[:, t])
+        acc = [a + lr[:, None, None] * g for a, g in zip(acc, grads)]
+        if t + 1 in ends:
+            pooled = xn[:, first : t + 1].mean(1)  # [B, dim]: the chunk's mean normalised input
+            alpha, eta = (
+                torch.sigmoid(pooled @ lin.weight.T + lin.bias).reshape(-1, 1, 1)  # [B*H, 1, 1]
+                for lin in (mem.to_alpha, mem.to_eta)
+            )
+            momentum = [eta * s - u for s, u in zip(momentum, acc)]
+            weights = [(1 - alpha) * w + s for w, s in zip(weights, momentum)]
+            acc = [torch.zeros_like(w) for w in weights]
+            first = t + 1
+        ys.append(_mlp(q[:, t], weights, c.residual_norm))
+    return _merge_heads(mem, ys, bsz), weights, momentum

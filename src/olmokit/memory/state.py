@@ -36,7 +36,9 @@ class MemoryState:
             chunk size).
         pending_k, pending_v: ``[batch·heads, p, head_dim]`` keys/values of the p tokens stored since
             the last chunk boundary (p < chunk size).
-        pending_gates: ``[batch·heads, p, 3]``: (log(1-α), log η, θ) of those tokens.
+        pending_gates: ``[batch·heads, p, 3]``: (log(1-α), log η, θ) of those tokens; at
+            ``granularity: chunk`` (α logit, η logit, θ), since a chunk's gates come from its mean
+            logits. A state therefore belongs to modules of one granularity.
         pending_chunk: the chunk size the pending tokens were stored with (0 when p = 0). A call with
             another chunk size first closes that partial chunk.
         conv_q, conv_kv: the last ``conv_kernel - 1`` pre-convolution q and k|v projections
