@@ -86,6 +86,19 @@ def test_head_dim_default_and_engine_kwargs():
     assert (r.hidden_size, r.head_dim) == (64, 16)
     kw = MemorySettings(heads=2, hidden=7).engine_kwargs()
     assert kw["heads"] == 2 and kw["hidden"] == 7 and "init_seed" not in kw
+    assert kw["granularity"] == "token"
+
+
+def test_granularity_reaches_the_engine_and_is_validated():
+    from olmokit.memory.layers import neural_config
+
+    model = random_model("olmo2", "tiny", seed=0)
+    s = MemorySettings(segment_len=8, chunk_train=4, chunk_prefill=4, granularity="chunk")
+    assert neural_config(s.resolve(model)).granularity == "chunk"
+    with pytest.raises(
+        ConfigError, match=r"memory\.granularity: Input should be 'token' or 'chunk'"
+    ):
+        MemoryConfig.from_dict({"memory": {"granularity": "per_token"}})
 
 
 def test_training_section_maps_onto_training_arguments(tmp_path):

@@ -125,6 +125,13 @@ class MemorySettings(OlmokitConfig):
         description="initial bias of the inner learning rate theta = sigmoid(.) * max_lr "
         "(0: max_lr / 2)",
     )
+    granularity: Literal["token", "chunk"] = Field(
+        "token",
+        description="memory updates per token (Titans' equations; per-token gates, momentum and "
+        "decay inside a chunk, gradients at the chunk-start weights) or one per chunk "
+        "(titans-pytorch's chunk_size=b, batch_size=b: summed gradients, mean-pooled gates; "
+        "faster, and the forget gate acts once per chunk); see docs/memory.md",
+    )
     chunk_train: int = Field(16, ge=1, description="engine chunk while training")
     chunk_prefill: int = Field(16, ge=1, description="engine chunk for no-grad forwards/prefill")
     chunk_decode: int = Field(1, ge=1, description="engine chunk while generating token by token")
@@ -152,6 +159,7 @@ class MemorySettings(OlmokitConfig):
         "alpha_bias",
         "eta_bias",
         "theta_bias",
+        "granularity",
         "chunk_train",
         "chunk_prefill",
         "chunk_decode",
