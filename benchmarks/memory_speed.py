@@ -1,11 +1,11 @@
 """Neural-memory speed and memory: olmokit's chunked engine vs titans-pytorch and vs a per-token loop.
 
-Run: ``python benchmarks/memory_speed.py`` (35 minutes on a loaded 2-core machine, less idle; the
-titans ``chunk_size=1`` children peak at ~13 GB RSS; ``--smoke`` checks the harness in a minute;
-``--check`` runs only the fp64 semantics check below). Needs the
-``bench`` extra for titans-pytorch (``pip install --no-deps titans-pytorch tensordict assoc-scan einx
-x-transformers hyper-connections axial-positional-embedding rotary-embedding-torch pyvers frozendict
-loguru torch-einops-utils`` keeps the installed torch).
+Run: ``nice python benchmarks/memory_speed.py`` (about 40 minutes on a loaded 2-core machine, less
+idle; the titans ``chunk_size=1`` children peak at ~13 GB RSS; ``--smoke`` checks the harness in a
+minute; ``--check`` runs only the fp64 semantics check below). Needs the ``bench`` extra for
+titans-pytorch (``pip install --no-deps titans-pytorch tensordict assoc-scan einx x-transformers
+hyper-connections axial-positional-embedding rotary-embedding-torch pyvers frozendict loguru
+torch-einops-utils`` keeps the installed torch).
 
 What is timed: one forward + backward (loss = mean of y²) of a memory module on x ``[1, T, 512]``
 (8 heads × 64, memory MLP 64 → 256 → 64 per head, depth 2, no residual norm), at T ∈ {1K, 2K, 4K, 8K} and
@@ -15,10 +15,15 @@ runs once (peak RSS growth = ``VmHWM`` − RSS before), then times ``--repeats``
 fastest. Time is the process's CPU time (``time.process_time``), not wall time: on a shared machine
 the wall clock of a single-threaded run mostly measures the neighbours; on an idle core the two agree.
 
-What olmokit computes (``olmokit``: :class:`olmokit.memory.neural.NeuralMemory`, defaults): the TTT
-mini-batch is the chunk b — every inner gradient of a chunk is taken at the weights at the chunk's
-start — but gates (α, η, θ), momentum and decay are per token, and each token's gradient is soft-clipped
-and applied on its own: b updates per chunk. y_t reads the weights after x_t was written.
+olmokit (:class:`olmokit.memory.neural.NeuralMemory`, defaults otherwise) at its two update
+granularities; both take every inner gradient of a chunk at the weights at the chunk's start:
+
+* ``olmokit token`` (``granularity="token"``, the default): gates (α, η, θ), momentum and decay per
+  token; each token's gradient is soft-clipped and applied on its own — b updates per chunk; y_t reads
+  the weights after x_t was written.
+* ``olmokit chunk`` (``granularity="chunk"``): one update per chunk — the θ-weighted (soft-clipped)
+  gradients summed, α and η from the chunk's mean gate logits; a token reads the weights after the
+  last chunk that ended at or before it.
 
 titans-pytorch ``NeuralMemory(dim=512, heads=8, dim_head=64, chunk_size=·, batch_size=·,
 model=MemoryMLP(64, depth=2, expansion_factor=4), mem_model_norm_add_residual=False)`` has two knobs
@@ -28,44 +33,51 @@ weight) and ``batch_size`` is the *TTT mini-batch* (``forward`` splits the call 
 Python loop; all gradients of one piece are taken at the piece's start weights; ``None`` = one piece,
 the whole call). Three settings are timed:
 
-* ``titans mb=b`` — ``chunk_size=b, batch_size=b``: the same mini-batch as ours (gradients at each
-  chunk's start weights), but one summed update per chunk instead of b per-token updates: less work
-  than ours. Timed at every T and b; ``min_ratio_vs_titans`` is taken over this setting and the next.
-* ``titans c=1 mb=b`` — ``chunk_size=1, batch_size=b``: *exactly* olmokit's semantics. Its per-token
-  updates materialise one weight set per token, so it is slow and memory-hungry; it is timed at
-  T ∈ ``--tok-t`` (default 1K) only, under a CPU-time cap (``--tok-cap`` seconds, ``RLIMIT_CPU``); a
-  setting that exceeds the cap is reported as skipped.
+* ``titans mb=b`` — ``chunk_size=b, batch_size=b``: *exactly* olmokit chunk's semantics
+  (fp64-checked). Timed at every T and b.
+* ``titans c=1 mb=b`` — ``chunk_size=1, batch_size=b``: *exactly* olmokit token's semantics
+  (fp64-checked). Its per-token updates materialise one weight set per token, so it is slow and
+  memory-hungry; it is timed at T ∈ ``--tok-t`` (default 1K) only, under a CPU-time cap
+  (``--tok-cap`` seconds, ``RLIMIT_CPU``); a setting that exceeds the cap is reported as skipped.
 * ``titans mb=call`` — ``chunk_size=b, batch_size=None`` (titans' default): *every* gradient of the call
   is taken at the call's initial weights, so nothing written earlier in the call changes later
   surprises; per-chunk summed updates, no sequential dependency at all. A different, cheaper function
-  than ours; reported separately as ``min_ratio_vs_titans_whole_call_minibatch`` (it was run 1's
-  ``min_ratio_vs_titans``).
+  than either of ours; reported separately.
+
+**Matched settings** (same chunk *and* same function): olmokit chunk vs titans ``mb=b`` (every T and
+b), olmokit token vs titans ``c=1 mb=b`` (where it ran). ``min_ratio_vs_titans`` is the minimum over
+these. The cross-semantics ratio olmokit token ÷ titans ``mb=b`` (more work on our side; it was run
+2's ``min_ratio_vs_titans``) is kept as ``min_ratio_vs_titans_per_token_vs_per_chunk``, and the
+whole-call mini-batch ratios as ``min_ratio_vs_titans_whole_call_minibatch`` (token) and
+``min_ratio_vs_titans_whole_call_minibatch_chunk``.
 
 The semantics claims are checked before timing (``--check``; fp64, dim 32, 2 heads × 8, hidden 16,
 T = 40, b = 8, grad clip off, titans' store/retrieve RMSNorm weights and eps, q/k/v, gate, initial
 memory and output weights copied from an olmokit module, titans' q/k RMSNorm replaced by olmokit's ℓ2
-normalisation and its retrieve gate removed): titans ``c=1 mb=b`` equals olmokit's output to ≤ 1e-12
-(measured 8e-17); ``c=1 mb=call`` equals it on the first mini-batch and differs after it (3e-3,
-output scale 0.3); ``mb=b`` equals ``mb=call`` on the tokens that read only the first chunk's weights
-and differs after them; ``mb=b`` differs from olmokit (per-chunk gates and summed gradients). The run
-aborts if any of these fails. Not verified: equality *with* the inner-gradient clip (titans soft-clamps
-the θ-weighted gradient per parameter tensor, olmokit the unweighted per-token gradient over all
-layers — different functions; the timed olmokit keeps its clip at 1.0, titans has none, which only
-costs olmokit) and with titans' defaults that olmokit lacks (retrieve gate, q/k RMSNorm with learned
-scale: a few elementwise ops, timed as they are). The timed modules are *not* weight-matched: only
-speed and memory are compared.
+normalisation and its retrieve gate removed): the two matched pairs are equal to ≤ 1e-12 (olmokit
+token = titans ``c=1 mb=b``, olmokit chunk = titans ``mb=b``); ``c=1 mb=call`` equals ``c=1 mb=b``
+on the first mini-batch and differs after it; ``mb=b`` equals ``mb=call`` on the tokens that read
+only the first chunk's weights and differs after them; olmokit token differs from titans ``mb=b``.
+The run aborts if any of these fails. Not verified: equality *with* the inner-gradient clip (titans
+soft-clamps the θ-weighted gradient per parameter tensor, olmokit the unweighted per-token gradient
+over all layers — different functions; the timed olmokit modules keep their clip at 1.0, titans has
+none, which only costs olmokit) and with titans' defaults that olmokit lacks (retrieve gate, q/k
+RMSNorm with learned scale: a few elementwise ops, timed as they are). The timed modules are *not*
+weight-matched: only speed and memory are compared.
 
-* ``loop`` — :func:`olmokit.memory.reference.reference_forward` (per-token autograd loop with
-  ``create_graph``, same semantics as olmokit's engine) in fp32. It is run at T = ``--loop-t``
-  (default 512) only; its tokens/s is *extrapolated per token* to the larger T (its cost per token does
-  not fall with T, so this flatters the loop, if anything).
+* ``loop`` / ``loop chunk`` — :func:`olmokit.memory.reference.reference_forward` (autograd loop with
+  ``create_graph``, same semantics as olmokit token / chunk: per-token gradients, applied per token /
+  summed per chunk) in fp32. Run at T = ``--loop-t`` (default 512) only; tokens/s is *extrapolated
+  per token* to the larger T (its cost per token does not fall with T, so this flatters the loop).
 
 Output: a markdown table (tokens/s, ratios, peak RSS growth) and a last line ``RESULT {json}`` with
-``min_ratio_vs_titans`` (olmokit ÷ titans over every timed setting whose TTT mini-batch equals ours:
-``mb=b`` at all T and b, ``c=1 mb=b`` where it ran), ``min_ratio_vs_titans_whole_call_minibatch``
-(olmokit ÷ titans ``mb=call``), ``min_ratio_vs_loop``, ``tokens_per_s_max_over_min`` (olmokit, across
-T at a fixed chunk; the worse chunk), ``rss_by_T`` (olmokit peak RSS growth in MB per T and chunk),
-``rss_per_token_kb`` (RSS/T, to read linearity), ``titans_tok_skipped`` and ``semantics_check``.
+``min_ratio_vs_titans`` (matched settings, above), ``matched`` (every matched ratio),
+``min_ratio_vs_titans_per_token_vs_per_chunk``, the whole-call ratios, ``min_ratio_vs_loop`` (each
+granularity against its own loop; ``min_ratio_vs_loop_by_granularity``),
+``tokens_per_s_max_over_min`` (across T at a fixed chunk; the worst chunk and granularity; per
+granularity in ``tokens_per_s_max_over_min_by_granularity``), ``rss_by_T`` (olmokit peak RSS growth
+in MB per T, chunk and granularity), ``rss_per_token_kb`` (RSS/T, to read linearity),
+``titans_tok_skipped`` and ``semantics_check``.
 """
 
 from __future__ import annotations
@@ -79,11 +91,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 DIM, HEADS, HEAD_DIM, HIDDEN = 512, 8, 64, 256
 T_VALUES = (1024, 2048, 4096, 8192)
 CHUNKS = (16, 64)
+
+#: olmokit implementations -> granularity (the loops are the autograd references of each)
+OLMOKIT = {"olmokit": "token", "olmokit-chunk": "chunk", "loop": "token", "loop-chunk": "chunk"}
 
 #: titans-pytorch settings: name -> b -> (chunk_size, batch_size); see the module docstring
 TITANS = {
@@ -131,12 +147,19 @@ def _build(impl: str, chunk: int, dim: int, heads: int, head_dim: int, hidden: i
     import torch
 
     torch.manual_seed(0)
-    if impl in ("olmokit", "loop"):
+    if impl in OLMOKIT:
         from olmokit.memory.neural import NeuralMemory, NeuralMemoryConfig
 
-        cfg = NeuralMemoryConfig(dim=dim, heads=heads, head_dim=head_dim, hidden=hidden, depth=2)
+        cfg = NeuralMemoryConfig(
+            dim=dim,
+            heads=heads,
+            head_dim=head_dim,
+            hidden=hidden,
+            depth=2,
+            granularity=OLMOKIT[impl],
+        )
         mem = NeuralMemory(cfg)
-        if impl == "olmokit":
+        if impl.startswith("olmokit"):
             return lambda x: mem(x, chunk_size=chunk)[0]
         from olmokit.memory.reference import reference_forward
 
@@ -164,6 +187,8 @@ def check_semantics() -> dict:
         dim=32, heads=2, head_dim=8, hidden=16, depth=2, grad_clip=None, alpha_bias=-2.0
     )
     ours = NeuralMemory(cfg).double()
+    ours_chunk = NeuralMemory(replace(cfg, granularity="chunk")).double()
+    ours_chunk.load_state_dict(ours.state_dict())
     b, n_tok = 8, 40
     x = torch.randn(1, n_tok, cfg.dim, dtype=torch.float64)
 
@@ -196,6 +221,7 @@ def check_semantics() -> dict:
 
     with torch.no_grad():
         y = ours(x, chunk_size=b)[0]
+        y_chunk = ours_chunk(x, chunk_size=b)[0]
         out = {}
         for name, cs, bs in (("tok", 1, b), ("tok_call", 1, None), ("mb", b, b), ("call", b, None)):
             out[name] = titans_matched(cs, bs)(x)[0]
@@ -206,7 +232,8 @@ def check_semantics() -> dict:
     first = 2 * b - 1  # tokens that read W0 or the first chunk's weights only (chunk = b)
     res = {
         "output_scale": diff(y, 0 * y),
-        "olmokit_vs_titans_c1_mb_b": diff(y, out["tok"]),
+        "olmokit_token_vs_titans_c1_mb_b": diff(y, out["tok"]),
+        "olmokit_chunk_vs_titans_mb_b": diff(y_chunk, out["mb"]),
         "titans_c1_mb_b_vs_c1_mb_call_first_minibatch": diff(
             out["tok"][:, :b], out["tok_call"][:, :b]
         ),
@@ -215,15 +242,16 @@ def check_semantics() -> dict:
             out["mb"][:, :first], out["call"][:, :first]
         ),
         "titans_mb_b_vs_mb_call_after": diff(out["mb"][:, first:], out["call"][:, first:]),
-        "olmokit_vs_titans_mb_b": diff(y, out["mb"]),
+        "olmokit_token_vs_titans_mb_b": diff(y, out["mb"]),
     }
     claims = (
-        res["olmokit_vs_titans_c1_mb_b"] <= 1e-12,
+        res["olmokit_token_vs_titans_c1_mb_b"] <= 1e-12,
+        res["olmokit_chunk_vs_titans_mb_b"] <= 1e-12,
         res["titans_c1_mb_b_vs_c1_mb_call_first_minibatch"] <= 1e-12,
         res["titans_c1_mb_b_vs_c1_mb_call_after"] >= 1e-6,
         res["titans_mb_b_vs_mb_call_first_chunk_reads"] <= 1e-12,
         res["titans_mb_b_vs_mb_call_after"] >= 1e-6,
-        res["olmokit_vs_titans_mb_b"] >= 1e-6,
+        res["olmokit_token_vs_titans_mb_b"] >= 1e-6,
     )
     if not all(claims):
         raise SystemExit(f"titans semantics check failed: {res}")
@@ -343,9 +371,10 @@ def main() -> None:
     semantics = _run_check()
     res: dict[tuple[str, int, int], dict | None] = {}
     for chunk in CHUNKS:
-        res[("loop", loop_t, chunk)] = _run_child("loop", loop_t, chunk, 0, args.smoke)
+        for loop in ("loop", "loop-chunk"):
+            res[(loop, loop_t, chunk)] = _run_child(loop, loop_t, chunk, 0, args.smoke)
         for tokens in t_values:
-            for impl in ("olmokit", "titans-mb", "titans-call"):
+            for impl in ("olmokit", "olmokit-chunk", "titans-mb", "titans-call"):
                 res[(impl, tokens, chunk)] = _run_child(
                     impl, tokens, chunk, args.repeats, args.smoke
                 )
@@ -354,65 +383,110 @@ def main() -> None:
                     "titans-tok", tokens, chunk, args.repeats, args.smoke, args.tok_cap
                 )
     print(f"load average after: {os.getloadavg()}", file=sys.stderr)
+    result, lines = summarise(res, t_values, tok_t, loop_t, args.tok_cap, semantics)
+    print("\n".join(lines))
+    print("RESULT " + json.dumps(result))
 
+
+def summarise(res, t_values, tok_t, loop_t, tok_cap, semantics) -> tuple[dict, list[str]]:
+    """The markdown table and the RESULT object from the children's measurements."""
+    fp64 = (
+        f"fp64 max |Δ| token vs c=1 mb=b {semantics['olmokit_token_vs_titans_c1_mb_b']:.1e}, "
+        f"chunk vs mb=b {semantics['olmokit_chunk_vs_titans_mb_b']:.1e}"
+    )
     lines = [
-        "| T | chunk | olmokit tok/s | titans mb=b tok/s | × mb=b | titans c=1 mb=b tok/s "
-        "| × c=1 mb=b | titans mb=call tok/s | × mb=call | loop tok/s | × loop "
-        "| RSS MB olmokit / mb=b / c=1 mb=b / mb=call |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| T | chunk | olmokit token tok/s | olmokit chunk tok/s | titans mb=b tok/s "
+        "| titans c=1 mb=b tok/s | titans mb=call tok/s "
+        "| **matched: chunk ÷ mb=b** | **matched: token ÷ c=1 mb=b** | token ÷ mb=b (cross) "
+        "| token / chunk ÷ mb=call | token / chunk ÷ own loop "
+        "| RSS MB token / chunk / mb=b / c=1 mb=b / mb=call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    vs_titans, vs_call, vs_loop, rss_by_t, rss_per_token = [], [], [], {}, {}
-    spread, skipped = [], []
+    matched: dict[str, float] = {}
+    cross, call_tok, call_chk = [], [], []
+    vs_loop = {"token": [], "chunk": []}
+    spread = {"token": [], "chunk": []}
+    rss_by_t: dict = {}
+    rss_per_token: dict = {}
+    skipped = []
     for chunk in CHUNKS:
-        loop = res[("loop", loop_t, chunk)]["tokens_per_s"]
-        tps = []
+        loops = {
+            "token": res[("loop", loop_t, chunk)]["tokens_per_s"],
+            "chunk": res[("loop-chunk", loop_t, chunk)]["tokens_per_s"],
+        }
+        tps = {"token": [], "chunk": []}
         for tokens in t_values:
-            ours = res[("olmokit", tokens, chunk)]
+            ours = {
+                "token": res[("olmokit", tokens, chunk)],
+                "chunk": res[("olmokit-chunk", tokens, chunk)],
+            }
             mb, call = res[("titans-mb", tokens, chunk)], res[("titans-call", tokens, chunk)]
             tok = res.get(("titans-tok", tokens, chunk))
-            r_mb = ours["tokens_per_s"] / mb["tokens_per_s"]
-            r_call = ours["tokens_per_s"] / call["tokens_per_s"]
-            r_l = ours["tokens_per_s"] / loop
-            vs_titans.append(r_mb)
-            vs_call.append(r_call)
-            vs_loop.append(r_l)
+            t_tok, t_chk = ours["token"]["tokens_per_s"], ours["chunk"]["tokens_per_s"]
+            r_chunk = t_chk / mb["tokens_per_s"]
+            matched[f"chunk/mb=b T={tokens} b={chunk}"] = round(r_chunk, 3)
+            r_cross = t_tok / mb["tokens_per_s"]
+            cross.append(r_cross)
+            call_tok.append(t_tok / call["tokens_per_s"])
+            call_chk.append(t_chk / call["tokens_per_s"])
+            r_loop = {g: ours[g]["tokens_per_s"] / loops[g] for g in ("token", "chunk")}
+            for g in ("token", "chunk"):
+                vs_loop[g].append(r_loop[g])
+                tps[g].append(ours[g]["tokens_per_s"])
+                rss_by_t.setdefault(str(tokens), {}).setdefault(str(chunk), {})[g] = round(
+                    ours[g]["rss_mb"], 1
+                )
+                rss_per_token.setdefault(str(tokens), {}).setdefault(str(chunk), {})[g] = round(
+                    ours[g]["rss_mb"] * 1024 / tokens, 1
+                )
             if tok is not None:
-                r_tok = ours["tokens_per_s"] / tok["tokens_per_s"]
-                vs_titans.append(r_tok)
-                tok_cells = f"{tok['tokens_per_s']:.0f} | {r_tok:.2f}", f"{tok['rss_mb']:.0f}"
+                r_tok = t_tok / tok["tokens_per_s"]
+                matched[f"token/c=1 mb=b T={tokens} b={chunk}"] = round(r_tok, 3)
+                tok_cells = f"{tok['tokens_per_s']:.0f}", f"**{r_tok:.2f}**", f"{tok['rss_mb']:.0f}"
             elif ("titans-tok", tokens, chunk) in res:
                 skipped.append(f"T={tokens} chunk={chunk}")
-                tok_cells = f"skipped (> {args.tok_cap} s CPU) | —", "—"
+                tok_cells = f"skipped (> {tok_cap} s CPU)", "—", "—"
             else:
-                tok_cells = "— | —", "—"
-            tps.append(ours["tokens_per_s"])
-            rss_by_t.setdefault(str(tokens), {})[str(chunk)] = round(ours["rss_mb"], 1)
-            rss_per_token.setdefault(str(tokens), {})[str(chunk)] = round(
-                ours["rss_mb"] * 1024 / tokens, 1
-            )
+                tok_cells = "—", "—", "—"
+            star = "*" if tokens != loop_t else ""
             lines.append(
-                f"| {tokens} | {chunk} | {ours['tokens_per_s']:.0f} | {mb['tokens_per_s']:.0f} "
-                f"| {r_mb:.2f} | {tok_cells[0]} | {call['tokens_per_s']:.0f} | {r_call:.2f} "
-                f"| {loop:.0f}{'*' if tokens != loop_t else ''} | {r_l:.1f} "
-                f"| {ours['rss_mb']:.0f} / {mb['rss_mb']:.0f} / {tok_cells[1]} "
-                f"/ {call['rss_mb']:.0f} |"
+                f"| {tokens} | {chunk} | {t_tok:.0f} | {t_chk:.0f} | {mb['tokens_per_s']:.0f} "
+                f"| {tok_cells[0]} | {call['tokens_per_s']:.0f} | **{r_chunk:.2f}** | {tok_cells[1]} "
+                f"| {r_cross:.2f} | {call_tok[-1]:.2f} / {call_chk[-1]:.2f} "
+                f"| {r_loop['token']:.1f}{star} / {r_loop['chunk']:.1f}{star} "
+                f"| {ours['token']['rss_mb']:.0f} / {ours['chunk']['rss_mb']:.0f} "
+                f"/ {mb['rss_mb']:.0f} / {tok_cells[2]} / {call['rss_mb']:.0f} |"
             )
-        spread.append(max(tps) / min(tps))
+        for g in ("token", "chunk"):
+            spread[g].append(max(tps[g]) / min(tps[g]))
     lines.append("")
     lines.append(
-        f"\\* loop measured at T={loop_t} (peak RSS "
-        + ", ".join(f"{res[('loop', loop_t, c)]['rss_mb']:.0f} MB at chunk {c}" for c in CHUNKS)
-        + "), tokens/s extrapolated per token. titans mb=b: chunk_size=b, batch_size=b (our TTT "
-        "mini-batch, per-chunk gates and summed gradients); c=1 mb=b: chunk_size=1, batch_size=b "
-        "(exactly our semantics, fp64-checked); mb=call: chunk_size=b, batch_size=None (every "
-        "gradient at the call's initial weights)."
+        "Bold: matched settings (same chunk and same function; "
+        + fp64
+        + "). \\* loops measured at T="
+        + f"{loop_t} ("
+        + ", ".join(
+            f"{g} {res[(name, loop_t, c)]['tokens_per_s']:.0f} tok/s, "
+            f"{res[(name, loop_t, c)]['rss_mb']:.0f} MB at chunk {c}"
+            for c in CHUNKS
+            for g, name in (("token", "loop"), ("chunk", "loop-chunk"))
+        )
+        + "), tokens/s extrapolated per token. titans mb=b: chunk_size=b, batch_size=b (= olmokit "
+        "chunk); c=1 mb=b: chunk_size=1, batch_size=b (= olmokit token); mb=call: chunk_size=b, "
+        "batch_size=None (every gradient at the call's initial weights)."
     )
-    print("\n".join(lines))
     result = {
-        "min_ratio_vs_titans": round(min(vs_titans), 3),
-        "min_ratio_vs_titans_whole_call_minibatch": round(min(vs_call), 3),
-        "min_ratio_vs_loop": round(min(vs_loop), 2),
-        "tokens_per_s_max_over_min": round(max(spread), 3),
+        "min_ratio_vs_titans": round(min(matched.values()), 3),
+        "matched": matched,
+        "min_ratio_vs_titans_per_token_vs_per_chunk": round(min(cross), 3),
+        "min_ratio_vs_titans_whole_call_minibatch": round(min(call_tok), 3),
+        "min_ratio_vs_titans_whole_call_minibatch_chunk": round(min(call_chk), 3),
+        "min_ratio_vs_loop": round(min(min(v) for v in vs_loop.values()), 2),
+        "min_ratio_vs_loop_by_granularity": {g: round(min(v), 2) for g, v in vs_loop.items()},
+        "tokens_per_s_max_over_min": round(max(max(v) for v in spread.values()), 3),
+        "tokens_per_s_max_over_min_by_granularity": {
+            g: round(max(v), 3) for g, v in spread.items()
+        },
         "rss_by_T": rss_by_t,
         "rss_per_token_kb": rss_per_token,
         "loop_T": loop_t,
@@ -421,7 +495,7 @@ def main() -> None:
         "semantics_check": semantics,
         "timing": "CPU time, 1 thread, best of runs",
     }
-    print("RESULT " + json.dumps(result))
+    return result, lines
 
 
 if __name__ == "__main__":
