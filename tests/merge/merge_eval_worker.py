@@ -61,6 +61,29 @@ def suffix_scores(evaluator, model) -> dict:
     return {"scores": [first, second], "passes": prefix.suffix_passes if prefix else 0}
 
 
+def grouped_means(evaluator, model) -> list[dict]:
+    """Three layer-1 candidates (layer 1's weights scaled by 1.25, 0.8, 1.1) scored with
+    ``evaluate_group`` (focus 1), then undone: their means, in order."""
+    from olmokit.family import get_adapter
+
+    evaluator.set_focus(1)
+    tensors = [p for p in get_adapter(model).layer(1).parameters() if p.dim() == 2]
+    saved = [t.detach().clone() for t in tensors]
+
+    def scaled(factor):
+        def apply():
+            with torch.no_grad():
+                for t, s in zip(tensors, saved):
+                    t.copy_(s * factor)
+
+        return apply
+
+    try:
+        return evaluator.evaluate_group([scaled(f) for f in (1.25, 0.8, 1.1)], scaled(1.0))
+    finally:
+        evaluator.set_focus(None)
+
+
 def _worker(rank: int, size: int, out: str) -> None:
     import olmokit.merge.evaluate as ev
 
@@ -89,6 +112,7 @@ def _worker(rank: int, size: int, out: str) -> None:
             "world": list(ev.world()),
             "batches_scored": len(scored) // 2,  # two calls above
             "suffix": suffix_scores(evaluator, model),
+            "grouped": grouped_means(evaluator, model),
             "pool_fingerprint": fingerprint,
             # a flag only rank 1 raises (its clock ran out, say) is every rank's decision
             "any_process": [ev.any_process(rank == 1), ev.any_process(False)],

@@ -641,3 +641,101 @@ def test_argument_errors():
         ESOp.from_json(op | {"kind": "x"})
     with pytest.raises(ReportError, match="has a 1"):
         replay(ESOp.from_json(op), torch.ones(1, 4))
+
+
+# ---- grouped offspring -------------------------------------------------------------------------
+
+
+def grouping(model: Model, evaluate, sizes: list, fail_at: int | None = None):
+    """An ``evaluate_group`` that applies and evaluates each offspring in turn (as the evaluator
+    does when it cannot share work), records group sizes and restores once per group."""
+
+    def group(appliers, restore):
+        sizes.append(len(appliers))
+        out = []
+        try:
+            for j, apply in enumerate(appliers):
+                apply()
+                if fail_at is not None and sum(sizes[:-1]) + j == fail_at:
+                    raise RuntimeError("group failed")
+                out.append(evaluate())
+        finally:
+            restore()
+        return out
+
+    return group
+
+
+@pytest.mark.parametrize("kind", ["svd", "norm"])
+def test_grouped_offspring_give_the_same_run(kind):
+    """Groups of 3 (λ = 7: groups of 3, 3 and a lone one) and one by one: the same offspring evaluated, the
+    same ops, σ, history and final tensor; the elite is written back once per group."""
+    w, target = spread_matrix(), spread_matrix(seed=1)
+    results, writes = [], []
+    for size in (1, 3):
+        model = Model(w)
+        sizes: list = []
+        evaluate = distance_task(model, target)
+        result = run_es(
+            kind, w, model.write, evaluate, evaluate(), no_regression_accept(), seed=4,
+            sigma0=0.3, generations=3, lam=7, step_rule="one_fifth",
+            evaluate_group=grouping(model, evaluate, sizes), group_size=size,
+        )  # fmt: skip
+        results.append((result, model.tensor))
+        writes.append((model.writes, sizes))
+    (a, ta), (b, tb) = results
+    assert a.ops == b.ops and a.history == b.history and a.sigma == b.sigma
+    assert a.ops  # something was accepted
+    assert torch.equal(a.master, b.master) and torch.equal(ta, tb) and torch.equal(ta, a.master)
+    assert writes[0] == (3 * 7 + 1, [])  # one by one: never through evaluate_group
+    # + the elite after each group of 3 (the lone 7th offspring is written and evaluated as one)
+    assert writes[1] == (3 * 7 + 3 * 2 + 1, [3, 3] * 3)
+
+
+def test_evaluation_budget_cuts_a_group_and_seconds_are_checked_between_groups():
+    w = spread_matrix()
+    model = Model(w)
+    script = [{"x": 1.0 - 0.01 * (i + 1)} for i in range(20)]
+    evaluate, calls = scripted(model, script)
+    sizes: list = []
+    result = run_es(
+        "svd", w, model.write, evaluate, {"x": 1.0}, no_regression_accept(), seed=0,
+        sigma0=0.1, generations=3, lam=4, budget=ESBudget(max_evaluations=6),
+        evaluate_group=grouping(model, evaluate, sizes), group_size=8,
+    )  # fmt: skip
+    assert sizes == [4, 2] and len(calls) == 6 and result.stopped == "evaluations"
+    assert [(h["evaluated"], h["winner"]) for h in result.history] == [(4, 3), (2, 1)]
+    # seconds: each group "takes" 1 s; 1.5 s allowed -> the second group starts, no third
+    now = [0.0]
+    sizes = []
+    model = Model(w)
+    inner, calls = scripted(model, script)
+
+    def timed():
+        now[0] += 1.0 / 3
+        return inner()
+
+    result = run_es(
+        "norm", w, model.write, timed, {"x": 1.0}, no_regression_accept(), seed=0,
+        sigma0=0.1, generations=2, lam=6, budget=ESBudget(max_seconds=1.5, clock=lambda: now[0]),
+        evaluate_group=grouping(model, timed, sizes), group_size=3,
+    )  # fmt: skip
+    assert sizes == [3, 3] and result.stopped == "seconds" and len(calls) == 6
+
+
+@pytest.mark.parametrize("fail_at", [1, 5])
+def test_a_failing_group_restores_the_master(fail_at):
+    w = spread_matrix()
+    model = Model(w)
+    script = [{"x": 1.0 - 0.01 * (i + 1)} for i in range(40)]
+    evaluate, _ = scripted(model, script)
+    with pytest.raises(RuntimeError, match="group failed"):
+        run_es(
+            "svd", w, model.write, evaluate, {"x": 1.0}, no_regression_accept(), seed=1,
+            sigma0=0.5, generations=3, lam=4,
+            evaluate_group=grouping(model, evaluate, [], fail_at=fail_at), group_size=3,
+        )  # fmt: skip
+    assert torch.equal(model.tensor, w)
+    with pytest.raises(ValueError, match="group_size must be >= 1"):
+        run_es("svd", w, model.write, evaluate, {"x": 1.0}, no_regression_accept(), seed=1,
+               sigma0=0.5, group_size=0)  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from merge_eval_worker import BATCH_SIZE, build, suffix_scores
+from merge_eval_worker import BATCH_SIZE, build, grouped_means, suffix_scores
 
 from olmokit.eval.merge_metrics import merge_metric
 from olmokit.merge.datasets import EvalSet
@@ -107,11 +107,15 @@ def test_evaluator_validates_its_inputs(model_and_sets):
 def test_two_processes_equal_one_process(model_and_sets, tmp_path):
     """2 CPU processes (gloo) give the very per-sample scores and means of 1 process, and each
     process scored only its share of the batches; with the prefix cache replaying layer 0 too
-    (compared against one process's full forwards)."""
+    (compared against one process's full forwards), and for grouped candidates (compared against
+    one process's full forwards of each)."""
     model, sets = model_and_sets
     single = Evaluator(model, sets, batch_size=BATCH_SIZE)
     scores, means = single.sample_scores(), single.evaluate()
     full = suffix_scores(Evaluator(model, sets, batch_size=BATCH_SIZE, prefix_cache=False), model)
+    one_by_one = grouped_means(
+        Evaluator(model, sets, batch_size=BATCH_SIZE, prefix_cache=False), model
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run(
         [sys.executable, str(WORKER), str(tmp_path), "2"],
@@ -137,6 +141,8 @@ def test_two_processes_equal_one_process(model_and_sets, tmp_path):
         assert r["means"] == means  # and means
         assert r["any_process"] == [True, False]  # the ES time-budget decision is shared
         assert r["suffix"]["scores"] == [full["scores"][0]] * 2  # captured, then replayed
+        # grouped candidates: each rank stacks its own batches, one all_reduce for all three
+        assert r["grouped"] == one_by_one
     # each rank replayed its teacher-forced batches (bigram 5 and nll 3 samples, 2 per batch)
     assert [r["suffix"]["passes"] for r in results] == [3, 2]
     assert full["scores"][0] != scores  # the layer-1 candidate does score differently
@@ -179,3 +185,171 @@ def test_init_distributed_leaves_a_single_process_alone(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert init_distributed("cpu") == (0, 1)
     assert not torch.distributed.is_initialized()
+
+
+# ---------------------------------------------------------------------------- grouped candidates
+def _group_sets():
+    """An nll set of 7 (batches of 3, 3 and 1 at batch size 3; the lone one, the shortest sample,
+    has a 2-token response: a product of 3 rows, kept out of the stack), a bigram set of 5
+    (batches of 3 and 2) and a generation set."""
+    from olmokit.eval import ContextResponse
+    from olmokit.loading import load_tokenizer
+
+    tok = load_tokenizer("olmo2-stdlib")
+    g = torch.Generator().manual_seed(5)
+
+    def samples(n):
+        out = []
+        for _ in range(n):
+            c = int(torch.randint(3, 20, (1,), generator=g))
+            r = int(torch.randint(2, 8, (1,), generator=g))
+            ids = torch.randint(4, 4000, (c + r,), generator=g).tolist()
+            out.append(ContextResponse(ids[:c], ids[c:]))
+        return out
+
+    short = ContextResponse([7, 8], [9, 10])  # 4 tokens: shorter than any other sample
+    return [
+        EvalSet("n", "nll", [*samples(6), short], tokenizer=tok),
+        EvalSet("b", "bigram_loss", samples(5), tokenizer=tok),
+        EvalSet("e", "exact_match", samples(3), options={}, tokenizer=tok),
+    ]
+
+
+def _layer_candidates(model, k: int, m: int, seed: int = 0):
+    """``m`` appliers each writing its own noise into every tensor of layer ``k``, and restore."""
+    from olmokit.family import get_adapter
+
+    tensors = list(get_adapter(model).layer(k).parameters())
+    saved = [t.detach().clone() for t in tensors]
+    g = torch.Generator().manual_seed(seed)
+    noises = [[torch.randn(t.shape, generator=g) * 0.05 for t in tensors] for _ in range(m)]
+
+    def writer(values):
+        def apply():
+            with torch.no_grad():
+                for t, v in zip(tensors, values):
+                    t.copy_(v)
+
+        return apply
+
+    appliers = [writer([s + z for s, z in zip(saved, noise)]) for noise in noises]
+    return appliers, writer(saved), saved, tensors
+
+
+@pytest.mark.parametrize("model_type", ["olmo", "olmo2", "olmo3"])
+def test_grouped_scores_equal_one_by_one_bit_for_bit(model_type, monkeypatch):
+    """Every focus 1..N-1 of a 4-layer model (OLMo-3: three sliding-window layers, window 8, and
+    a full one; samples up to 26 tokens), 5 candidates in groups of 3 and 2: each candidate's
+    metrics equal a full forward of it alone, exactly (float equality); the stacked pass really
+    ran (one metric call per batch for the whole group), and the layer weights are restored."""
+    import olmokit.merge.evaluate as ev_mod
+    from olmokit.zoo.presets import random_model
+
+    model = random_model(model_type, "tiny", seed=1, num_hidden_layers=4)
+    sets = _group_sets()
+    grouped = Evaluator(model, sets, batch_size=3, candidate_batch=3)
+    solo = Evaluator(model, sets, batch_size=3, prefix_cache=False)
+    calls = []
+    real = ev_mod.merge_metric
+    monkeypatch.setattr(
+        ev_mod, "merge_metric", lambda *a, **kw: calls.append(len(a[3])) or real(*a, **kw)
+    )
+    for k in range(1, 4):
+        grouped.set_focus(k)
+        appliers, restore, saved, tensors = _layer_candidates(model, k, 5, seed=k)
+        expected = []
+        for apply in appliers:
+            apply()
+            expected.append(solo.evaluate())
+        restore()
+        calls.clear()
+        got = grouped.evaluate_group(appliers, restore)
+        assert got == expected, k
+        assert all(torch.equal(t, s) for t, s in zip(tensors, saved))
+        # per group of m: every candidate's layer-k pass of each batch (n: 3, 3, 1; b: 3, 2)
+        # and generation batch (e: 3), then one stacked pass per batch (m x its samples), but
+        # the lone short sample's upper layers once per candidate
+        expected_calls = []
+        for m in (3, 2):
+            expected_calls += m * [3, 3, 1, 3, 2, 3] + [3 * m, 3 * m, 3 * m, 2 * m] + m * [1]
+        assert sorted(calls) == sorted(expected_calls)
+        assert [grouped._stackable((0, b)) for b in range(3)] == [True, True, False]
+    assert grouped.evaluations == 15
+
+
+def test_grouped_evaluation_restores_on_every_failure_path(model_and_sets):
+    """An applier that raises, a metric that raises inside the stacked pass, a candidate that
+    writes outside the focus layer: the weights are restored and no stand-in layer is left."""
+    from olmokit.family import get_adapter
+
+    model, sets = model_and_sets
+    ad = get_adapter(model)
+    layers_before = list(ad.layers())
+    ev = Evaluator(model, sets, batch_size=BATCH_SIZE, candidate_batch=4)
+    ev.set_focus(1)
+    appliers, restore, saved, tensors = _layer_candidates(model, 1, 3)
+
+    def boom():
+        raise RuntimeError("boom")
+
+    def outside():
+        with torch.no_grad():
+            ad.final_norm().weight.add_(0.0)  # an in-place write: a new version
+
+    for bad, match in ((boom, "boom"), (outside, "outside layer 1")):
+        with pytest.raises(RuntimeError, match=match):
+            ev.evaluate_group([appliers[0], bad, appliers[1]], restore)
+        assert all(torch.equal(t, s) for t, s in zip(tensors, saved))
+        assert list(ad.layers()) == layers_before
+
+    import olmokit.merge.evaluate as ev_mod
+
+    real, seen = ev_mod.merge_metric, []
+
+    def failing(mode, model_, tok, samples, *a, **kw):
+        seen.append(len(samples))
+        if len(seen) > 3:  # past the first candidates' layer outputs
+            raise RuntimeError("metric failed")
+        return real(mode, model_, tok, samples, *a, **kw)
+
+    ev_mod.merge_metric = failing
+    try:
+        with pytest.raises(RuntimeError, match="metric failed"):
+            ev.evaluate_group(appliers, restore)
+    finally:
+        ev_mod.merge_metric = real
+    assert all(torch.equal(t, s) for t, s in zip(tensors, saved))
+    assert list(ad.layers()) == layers_before
+
+
+def test_grouped_evaluation_in_waves_and_fallbacks(model_and_sets):
+    """A memory cap below one batch: one wave per batch, every candidate applied once per wave,
+    same scores. Focus 0 / candidate_batch 1: one by one (each applied once), same scores."""
+    model, sets = model_and_sets
+    ev = Evaluator(model, sets, batch_size=BATCH_SIZE, candidate_batch=3)
+    ev.set_focus(1)
+    appliers, restore, _, _ = _layer_candidates(model, 1, 3)
+    expected = ev.evaluate_group(appliers, restore)
+    counted = [0, 0, 0]
+
+    def counting(j):
+        def apply():
+            counted[j] += 1
+            appliers[j]()
+
+        return apply
+
+    tight = Evaluator(model, sets, batch_size=BATCH_SIZE, candidate_batch=3, group_bytes=1)
+    tight.set_focus(1)
+    assert tight.evaluate_group([counting(j) for j in range(3)], restore) == expected
+    waves = len(tight._waves([(i, b) for i in (0, 2) for b in range(len(tight.plans[i]))], 3))
+    assert waves == len(tight.plans[0]) + len(tight.plans[2]) and counted == [waves] * 3
+    for kwargs, focus in (({"candidate_batch": 1}, 1), ({}, 0), ({"prefix_cache": False}, 1)):
+        counted[:] = [0, 0, 0]
+        other = Evaluator(model, sets, batch_size=BATCH_SIZE, **kwargs)
+        other.set_focus(focus)
+        assert not other.groupable() or kwargs
+        got = other.evaluate_group([counting(j) for j in range(3)], restore)
+        assert got == expected and counted == [1, 1, 1]
+    with pytest.raises(ValueError, match="candidate_batch must be >= 1"):
+        Evaluator(model, sets, candidate_batch=0)

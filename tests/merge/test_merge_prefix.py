@@ -125,34 +125,51 @@ def _without_prefix_cache(*args, **kwargs):
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_a_merge_run_is_the_same_with_and_without_the_prefix_cache(
+def test_a_merge_run_is_the_same_with_and_without_the_prefix_cache_and_grouping(
     tmp_path, monkeypatch, direction, one_thread
 ):
-    """Layers, units (norms included) and SVD-ES: every candidate's metrics in the report and the
-    merged model are identical, bit for bit."""
+    """Layers, units (norms included), SVD-ES and norm-ES, three ways: grouped candidates (the
+    default ``candidate_batch`` 8), one by one with the prefix cache (``candidate_batch`` 1), and
+    full forwards one by one: every candidate's metrics in the report and the merged model are
+    identical, bit for bit."""
     dirs = make_pool(tmp_path / "pool", seeds=(0, 1, 2))
     runs, made = [], []
+    joint = {"grouped": 0, "solo": 0, "plain": 0}
+    real_joint = Evaluator._joint
 
     def recording(*args, **kwargs):
         made.append(Evaluator(*args, **kwargs))
         return made[-1]
 
-    for label in ("cached", "plain"):
-        factory = recording if label == "cached" else _without_prefix_cache
+    for label in ("grouped", "solo", "plain"):
+        factory = recording if label != "plain" else _without_prefix_cache
+
+        def counting(self, appliers, _label=label):
+            joint[_label] += 1
+            return real_joint(self, appliers)
+
         monkeypatch.setattr(run_mod, "Evaluator", factory)
+        monkeypatch.setattr(Evaluator, "_joint", counting)
         (tmp_path / label).mkdir(exist_ok=True)
         config = merge_config(
             tmp_path / label, dirs, layer_swap=True, tensor_swap=True, skip_norm=False,
-            es_svd=True, es_lambda=4, direction=direction, output_dir=str(tmp_path / label / "run"),
+            es_svd=True, es_norm=True, es_lambda=4, direction=direction,
+            candidate_batch=1 if label == "solo" else 8, output_dir=str(tmp_path / label / "run"),
         )  # fmt: skip
         runs.append(run_mod.run_merge(config, progress=False).path)
-    assert made[0].prefix.suffix_passes > 0  # the cached run did skip layers
+    assert made[0].prefix.suffix_passes > 0  # the cached runs did skip layers
+    # layer 1's step, its units' steps and their ES generations were grouped
+    assert joint["grouped"] > 10 and joint["solo"] == joint["plain"] == 0
     reports = [load_report(p) for p in runs]
     for r in reports:
         for d in [*r["layers"].values(), *r["units"].values()]:
             d.pop("seconds"), d.pop("finished")
-    assert json.dumps(reports[0]["layers"]) == json.dumps(reports[1]["layers"])
-    assert json.dumps(reports[0]["units"]) == json.dumps(reports[1]["units"])
+    for other in reports[1:]:
+        assert json.dumps(reports[0]["layers"]) == json.dumps(other["layers"])
+        assert json.dumps(reports[0]["units"]) == json.dumps(other["units"])
     assert any(d["es"] for d in reports[0]["units"].values())  # ES ran and was accepted
-    a, b = (safetensors.torch.load_file(str(p / "model" / "model.safetensors")) for p in runs)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    kinds = {op["kind"] for d in reports[0]["units"].values() for op in d["es"]}
+    assert kinds == {"svd", "norm"}
+    a, *others = (safetensors.torch.load_file(str(p / "model" / "model.safetensors")) for p in runs)
+    for b in others:
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -129,6 +129,9 @@ class MergeConfig(OlmokitConfig):
     es_norm: bool = Field(False, description="row-norm ES on each newly applied 2-D weight")
     es_norm_generations: int = Field(1, ge=1)
     es_norm_sigma: float = Field(0.005, gt=0)
+    es_norm_step_rule: Literal["one_fifth", "fixed"] = Field(
+        "fixed", description="norm-ES sigma update: the original's 0.9 decay or the 1/5th rule"
+    )
     es_lambda: int | None = Field(
         None, ge=1, description="offspring per generation (default 4 + floor(3 ln dim))"
     )
@@ -140,6 +143,13 @@ class MergeConfig(OlmokitConfig):
     dtype: str = Field("float32", description=f"working model dtype: {', '.join(DTYPES)}")
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', 'auto'")
     batch_size: int = Field(8, ge=1, description="evaluation batch size")
+    candidate_batch: int = Field(
+        8,
+        ge=1,
+        description="candidates evaluated together: their layers above the step's layer run as "
+        "one batch (same scores; memory: this many copies of the cached hidden states, at most "
+        "1 GiB at a time); 1 evaluates one at a time",
+    )
     output_dir: str = Field("runs/merge", description="run directory")
 
     @model_validator(mode="before")

@@ -43,6 +43,7 @@ or between CPU and GPU the last bits may differ.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -429,6 +430,10 @@ def _next_sigma(
     return 0.8 * sigma0 if kind == "svd" else 0.9 * sigma
 
 
+def _write_child(write: Callable[[Tensor], None], family: _Family, index: int) -> None:
+    write(family.child(index))
+
+
 def run_es(
     kind: Literal["svd", "norm"],
     master: Tensor,
@@ -449,6 +454,11 @@ def run_es(
     selection: str = "copeland",
     datasets: Sequence[str] | None = None,
     on_evaluated: Callable[[int, int, Metrics, bool], None] | None = None,
+    evaluate_group: Callable[
+        [Sequence[Callable[[], object]], Callable[[], object]], Sequence[Metrics]
+    ]
+    | None = None,
+    group_size: int = 1,
 ) -> ESResult:
     """(1+λ)-ES on one tensor. ``master`` (fp32, not modified) must be what the model holds now and
     ``current`` its metrics; ``seed`` is the per-tensor seed (see :func:`tensor_seed`).
@@ -459,6 +469,14 @@ def run_es(
     call and the exception propagates (steps accepted earlier in this call are dropped with it,
     since the caller never learns their ops). ``on_evaluated(generation, index, metrics, accepted)``
     is called after each evaluation (progress bars).
+
+    ``evaluate_group(appliers, restore)`` with ``group_size`` > 1: the offspring of a generation
+    are evaluated up to ``group_size`` at a time (``appliers[j]()`` writes offspring ``j``,
+    ``restore()`` writes the elite back once per group; see
+    :meth:`olmokit.merge.evaluate.Evaluator.evaluate_group`, which shares the work above the
+    tensor's layer among them). Everything else is as one by one: the same offspring, the same
+    acceptance and selection, the same σ and ops. The evaluation budget cuts a group to what is
+    left of it; the seconds budget is checked before each group.
     """
     _check_master(master)
     if kind not in KINDS:
@@ -469,6 +487,8 @@ def run_es(
         raise ConfigError(f"selection {selection!r} not in {', '.join(METHODS)}")
     if not (math.isfinite(sigma0) and sigma0 > 0) or not (math.isfinite(clamp) and clamp > 0):
         raise ValueError(f"sigma0 and clamp must be finite and > 0, got {sigma0}, {clamp}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
     if generations < 0 or (lam is not None and lam < 1):
         raise ValueError(f"generations must be >= 0 and lam >= 1, got {generations}, {lam}")
     budget = budget if budget is not None else ESBudget()
@@ -491,22 +511,36 @@ def run_es(
             family = _Family(kind, elite, seed, g, sigma, lam, clamp, basis)
             evaluated: list[tuple[int, Metrics]] = []
             passed: list[tuple[int, Metrics]] = []
-            for i in range(lam):
+            i = 0
+            while i < lam:
                 stop = budget.exhausted()
                 if stop is not None:
                     result.stopped = stop
                     break
+                size = group_size if evaluate_group is not None else 1
+                if budget.max_evaluations is not None:
+                    size = min(size, budget.max_evaluations - budget.evaluations)
+                indices = range(i, min(i + max(size, 1), lam))
                 written = True
-                write(family.child(i))
-                budget.evaluations += 1
-                result.evaluations += 1
-                metrics = dict(evaluate())
-                ok = bool(accept(metrics, elite_metrics))
-                evaluated.append((i, metrics))
-                if ok:
-                    passed.append((i, metrics))
-                if on_evaluated is not None:
-                    on_evaluated(g, i, metrics, ok)
+                if len(indices) == 1:
+                    write(family.child(i))
+                    group = [evaluate()]
+                else:
+                    group = evaluate_group(
+                        [functools.partial(_write_child, write, family, c) for c in indices],
+                        functools.partial(write, elite),
+                    )
+                budget.evaluations += len(indices)
+                result.evaluations += len(indices)
+                for c, got in zip(indices, group):
+                    metrics = dict(got)
+                    ok = bool(accept(metrics, elite_metrics))
+                    evaluated.append((c, metrics))
+                    if ok:
+                        passed.append((c, metrics))
+                    if on_evaluated is not None:
+                        on_evaluated(g, c, metrics, ok)
+                i = indices.stop
             record = {"generation": g, "sigma": sigma, "noise_std": family.scale, "lam": lam}
             record |= {"evaluated": len(evaluated), "accepted": len(passed), "winner": None}
             if passed:

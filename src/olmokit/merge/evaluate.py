@@ -19,12 +19,13 @@ where their tensors came from), so a state is never evaluated twice in a run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -37,6 +38,7 @@ from .datasets import EvalSet
 from .prefix import TEACHER_FORCED_MODES, PrefixCache
 
 __all__ = [
+    "GROUP_BYTES",
     "Evaluator",
     "StateCache",
     "any_process",
@@ -44,6 +46,16 @@ __all__ = [
     "plan_batches",
     "world",
 ]
+
+
+#: The most bytes of layer outputs :meth:`Evaluator.evaluate_group` holds at once (its candidates'
+#: outputs of one wave of batches). A wave re-applies every candidate, so larger waves save swaps;
+#: 1 GiB is a few batches of long samples on a 7B model, and the whole of a small eval set.
+GROUP_BYTES = 1 << 30
+
+
+#: Batches whose smallest product has fewer rows are not stacked (:meth:`Evaluator._stackable`).
+MIN_STACKED_ROWS = 4
 
 
 def world() -> tuple[int, int]:
@@ -114,6 +126,8 @@ class Evaluator:
         distributed: bool | None = None,
         tokenizer: Any = None,
         prefix_cache: bool = True,
+        group_bytes: int = GROUP_BYTES,
+        candidate_batch: int = 8,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -127,6 +141,10 @@ class Evaluator:
         self.tokenizer = tokenizer
         self.plans = [plan_batches(e, batch_size) for e in self.evalsets]
         self.prefix = PrefixCache(model) if prefix_cache else None
+        self.group_bytes = int(group_bytes)
+        if candidate_batch < 1:
+            raise ValueError(f"candidate_batch must be >= 1, got {candidate_batch}")
+        self.candidate_batch = int(candidate_batch)
         self.evaluations = 0  #: completed :meth:`evaluate` calls
         self.seconds = 0.0  #: time spent in them
 
@@ -148,37 +166,57 @@ class Evaluator:
             return 0, 1
         return rank, size
 
+    def _score(self, set_index: int, batch_index: int, repeat: int = 1) -> list[float]:
+        """The metric of one planned batch: one forward (or one generation) for the whole batch.
+        ``repeat`` > 1 scores every sample ``repeat`` times in a row (``[s0, s0, .., s1, s1, ..]``:
+        still longest first, so the metric keeps the rows in this order), the batch of a stacked
+        pass (:meth:`evaluate_group`)."""
+        evalset = self.evalsets[set_index]
+        tok = self.tokenizer if self.tokenizer is not None else evalset.tokenizer
+        chunk = [evalset.samples[i] for i in self.plans[set_index][batch_index]]
+        if repeat > 1:
+            chunk = [s for s in chunk for _ in range(repeat)]
+        return merge_metric(evalset.mode, self.model, tok, chunk, len(chunk), **evalset.options)
+
+    def _local_batches(self, set_index: int) -> range:
+        rank, size = self._split()
+        return range(rank, len(self.plans[set_index]), size)
+
     def sample_scores(self) -> dict[str, list[float]]:
         """Every sample's score, per dataset (the same full lists on every rank)."""
-        rank, size = self._split()
         start = time.perf_counter()
         vectors, counts = [], []
         prefix = self.prefix
         with torch.no_grad(), eval_mode(self.model), _begin(prefix):
             for set_index, (evalset, plan) in enumerate(zip(self.evalsets, self.plans)):
                 cached = prefix is not None and evalset.mode in TEACHER_FORCED_MODES
-                tok = self.tokenizer if self.tokenizer is not None else evalset.tokenizer
                 vec = torch.zeros(len(evalset), dtype=torch.float64)
                 count = 0
-                for batch_index in range(rank, len(plan), size):
+                for batch_index in self._local_batches(set_index):
                     batch = plan[batch_index]
-                    chunk = [evalset.samples[i] for i in batch]
                     # one teacher-forced forward per call (batch_size = len(chunk))
                     with prefix.pass_for((set_index, batch_index)) if cached else nullcontext():
-                        scores = merge_metric(
-                            evalset.mode, self.model, tok, chunk, len(chunk), **evalset.options
-                        )
+                        scores = self._score(set_index, batch_index)
                     vec[batch] = torch.tensor(scores, dtype=torch.float64)
                     count += len(batch)
                 vectors.append(vec)
                 counts.append(count)
-        flat = torch.cat([*vectors, torch.tensor(counts, dtype=torch.float64)])
+        out = self._reduce([vectors], counts)[0]
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def _reduce(
+        self, vectors: list[list[torch.Tensor]], counts: list[int]
+    ) -> list[dict[str, list[float]]]:
+        """Sum every candidate's per-sample vectors (and the per-set counts) over the processes
+        with one ``all_reduce``; ``{set name: per-sample scores}`` per candidate."""
+        _, size = self._split()
+        flat = torch.cat([v for cand in vectors for v in cand] + [torch.tensor(counts).double()])
         if size > 1:
             device = _reduce_device()
             flat = flat.to(device)
             torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
             flat = flat.cpu()
-        out, offset = {}, 0
         total_counts = flat[-len(self.evalsets) :].tolist() if self.evalsets else []
         for evalset, total in zip(self.evalsets, total_counts):
             n = len(evalset)
@@ -186,20 +224,181 @@ class Evaluator:
                 raise RuntimeError(
                     f"{evalset.name}: {int(total)} samples scored across processes, expected {n}"
                 )
-            out[evalset.name] = flat[offset : offset + n].tolist()
-            offset += n
-        self.seconds += time.perf_counter() - start
+        out, offset = [], 0
+        for _ in vectors:
+            scores = {}
+            for evalset in self.evalsets:
+                n = len(evalset)
+                scores[evalset.name] = flat[offset : offset + n].tolist()
+                offset += n
+            out.append(scores)
         return out
 
     def evaluate(self) -> dict[str, float]:
         """``{dataset name: mean per-sample score}`` in eval-set order; lower is better. A
         non-finite mean (a metric returned inf/nan) is returned as is; the caller records it."""
-        means = {
-            name: math.fsum(scores) / len(scores) if scores else math.nan
-            for name, scores in self.sample_scores().items()
-        }
+        means = _means(self.sample_scores())
         self.evaluations += 1
         return means
+
+    # ------------------------------------------------------------------ grouped candidates
+    def groupable(self) -> bool:
+        """Whether :meth:`evaluate_group` can share work between candidates now: a prefix cache,
+        a focus layer ``k`` in ``1 .. num_layers - 1`` (so a candidate's own work is layer ``k``
+        and everything above it is shared) and at least one teacher-forced dataset."""
+        prefix = self.prefix
+        if prefix is None or not prefix.focus or prefix.focus >= prefix.adapter.num_layers:
+            return False
+        return any(e.mode in TEACHER_FORCED_MODES for e in self.evalsets)
+
+    def evaluate_group(
+        self, appliers: Sequence[Callable[[], Any]], restore: Callable[[], Any]
+    ) -> list[dict[str, float]]:
+        """The metrics of several candidates, each put in place by its ``appliers[j]()``, as
+        :meth:`evaluate` would score them one by one, in order. ``restore()`` puts the current
+        state back; it is called once, before this returns, and on every failure path.
+
+        Every candidate must differ from the current state only inside the focus layer ``k``
+        (:meth:`set_focus`): a layer step's donors, a unit step's donors of one unit, the ES
+        offspring of one tensor (checked: a candidate that changes any other tensor is a
+        ``RuntimeError``). An applier is called over the previous candidate (each overwrites the
+        same tensors), so there is no restore between candidates.
+
+        When :meth:`groupable`, teacher-forced batches are shared by up to ``candidate_batch``
+        candidates at a time: per candidate only layer ``k`` runs, on the cached hidden states
+        entering it (:meth:`~olmokit.merge.prefix.PrefixCache.layer_output`); then the layers
+        above ``k``, the final norm and ``lm_head`` run *once* per batch for all of them, their
+        layer-``k`` outputs stacked along the batch dimension
+        (:meth:`~olmokit.merge.prefix.PrefixCache.stacked_pass`, which stands in for layers
+        ``0 .. k``, so the weights layer ``k`` holds then do not matter; candidate ``j``'s sample
+        ``i`` is row ``i * m + j``), and each candidate's scores are read from its rows. Those rows
+        see the same inputs and masks as in a pass of their own; a row of a matrix product does
+        not depend on the other rows, so on CPU the scores are bit-identical to one-by-one
+        evaluation (tested on OLMo v1/2/3 at every focus). The exception BLAS makes, a product of
+        1..3 rows computed by another kernel, is kept out: such a tiny batch (one sample with a
+        response of 1 or 2 tokens) runs its upper layers per candidate (:meth:`_stackable`). On
+        a GPU, whose BLAS picks kernels by shape, stacked rows may differ from lone ones in the
+        last bits (a float32 ulp, far below any metric difference a decision rests on). Generation sets are
+        scored per candidate while it is in place. The candidates' layer outputs are held for a
+        wave of batches at a time (at most ``group_bytes``, at least one batch), so memory stays
+        bounded whatever the dataset size; each further wave applies every candidate again. Under
+        several processes each rank scores its own batches and one ``all_reduce`` sums all the
+        candidates' per-sample vectors, as :meth:`sample_scores` does.
+
+        Otherwise (no focus, focus ``num_layers``, only generation sets, no prefix cache,
+        ``candidate_batch`` 1) the candidates are applied and evaluated one after the other.
+        """
+        out: list[dict[str, float]] = []
+        try:
+            if len(appliers) < 2 or self.candidate_batch < 2 or not self.groupable():
+                for apply in appliers:
+                    apply()
+                    out.append(self.evaluate())
+            else:
+                for start in range(0, len(appliers), self.candidate_batch):
+                    out += self._joint(appliers[start : start + self.candidate_batch])
+        finally:
+            restore()
+        return out
+
+    def _joint(self, appliers: Sequence[Callable[[], Any]]) -> list[dict[str, float]]:
+        """One group of :meth:`evaluate_group`'s grouped path (the caller restores)."""
+        start = time.perf_counter()
+        m = len(appliers)
+        prefix = self.prefix
+        assert prefix is not None and prefix.focus
+        k = prefix.focus
+        tf = [i for i, e in enumerate(self.evalsets) if e.mode in TEACHER_FORCED_MODES]
+        gen = [i for i in range(len(self.evalsets)) if i not in tf]
+        slots = [(i, b) for i in tf for b in self._local_batches(i)]
+        vectors = [
+            [torch.zeros(len(e), dtype=torch.float64) for e in self.evalsets] for _ in range(m)
+        ]
+        with torch.no_grad(), eval_mode(self.model):
+            for wave_index, wave in enumerate(self._waves(slots, m)):
+                outputs: dict[tuple[int, int], list[torch.Tensor]] = {s: [] for s in wave}
+                for j, apply in enumerate(appliers):
+                    before = prefix.signature_outside(k)
+                    apply()
+                    if prefix.signature_outside(k) != before:
+                        raise RuntimeError(
+                            f"grouped evaluation: candidate {j} changed weights outside layer "
+                            f"{k} (the focus); only layer {k} may differ between candidates"
+                        )
+                    for slot in wave:
+                        run = functools.partial(self._score, *slot)
+                        outputs[slot].append(prefix.layer_output(slot, run))
+                    if wave_index == 0:
+                        for i in gen:
+                            for b in self._local_batches(i):
+                                scores = self._score(i, b)
+                                vectors[j][i][self.plans[i][b]] = torch.tensor(
+                                    scores, dtype=torch.float64
+                                )
+                for slot in wave:
+                    set_index, batch_index = slot
+                    batch = self.plans[set_index][batch_index]
+                    own = outputs.pop(slot)
+                    if self._stackable(slot):
+                        with prefix.stacked_pass(torch.stack(own, dim=1).flatten(0, 1)):
+                            scores = self._score(*slot, repeat=m)
+                        per = [scores[j::m] for j in range(m)]
+                    else:  # a tiny batch: each candidate's layers above k on its own rows
+                        per = []
+                        for hidden in own:
+                            with prefix.stacked_pass(hidden):
+                                per.append(self._score(*slot))
+                    del own
+                    for j in range(m):
+                        vectors[j][set_index][batch] = torch.tensor(per[j], dtype=torch.float64)
+        counts = [
+            sum(len(self.plans[i][b]) for b in self._local_batches(i))
+            for i in range(len(self.evalsets))
+        ]
+        out = [_means(scores) for scores in self._reduce(vectors, counts)]
+        self.evaluations += m
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def _stackable(self, slot: tuple[int, int]) -> bool:
+        """Whether batch ``slot`` scores the same stacked as alone: its smallest matrix product
+        (``lm_head`` over the kept response positions, ``batch * (longest response + 1)`` rows)
+        has at least :data:`MIN_STACKED_ROWS` rows. Below that, MKL's sgemm takes a small-matrix
+        kernel whose rows differ in the last bit from the same rows inside a larger product
+        (measured on this project's CPUs: 1..3 rows differ, 4+ agree with any number of rows)."""
+        set_index, batch_index = slot
+        samples = self.evalsets[set_index].samples
+        batch = self.plans[set_index][batch_index]
+        rows = len(batch) * (max(len(samples[i].response_ids) for i in batch) + 1)
+        return rows >= MIN_STACKED_ROWS
+
+    def _waves(self, slots: list[tuple[int, int]], m: int) -> list[list[tuple[int, int]]]:
+        """``slots`` cut into consecutive waves whose ``m`` candidates' layer outputs (``[batch,
+        longest sample, hidden]`` each, in the model's dtype) take at most ``group_bytes``; a
+        wave has at least one batch."""
+        hidden = int(getattr(self.model.config, "hidden_size", 0) or 0)
+        param = next(self.model.parameters(), None)
+        size = param.element_size() if param is not None else 4
+        waves: list[list[tuple[int, int]]] = [[]]  # generation-only: one empty wave
+        used = 0
+        for set_index, batch_index in slots:
+            samples = self.evalsets[set_index].samples
+            batch = self.plans[set_index][batch_index]
+            longest = max(len(samples[i].context_ids) + len(samples[i].response_ids) for i in batch)
+            cost = m * len(batch) * longest * hidden * size
+            if waves[-1] and used + cost > self.group_bytes:
+                waves.append([])
+                used = 0
+            waves[-1].append((set_index, batch_index))
+            used += cost
+        return waves
+
+
+def _means(scores: Mapping[str, list[float]]) -> dict[str, float]:
+    return {
+        name: math.fsum(values) / len(values) if values else math.nan
+        for name, values in scores.items()
+    }
 
 
 def _begin(prefix: PrefixCache | None) -> Any:

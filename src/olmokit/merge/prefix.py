@@ -84,6 +84,18 @@ class _Replay(nn.Module):
         return self.hidden
 
 
+class _Stop(Exception):  # noqa: N818 (control flow, not an error)
+    """Raised by a forward hook to end a pass once the layer wanted has run; carries its output."""
+
+    def __init__(self, output: torch.Tensor):
+        super().__init__()
+        self.output = output
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
 class PrefixCache:
     """Hidden states entering a decoder layer, per evaluation batch, for suffix-only passes.
 
@@ -196,3 +208,96 @@ class PrefixCache:
                 handle.remove()
         if len(captured) == 1:  # exactly one pass ran through layer k - 1: keep what entered k
             self._entries[slot] = _Entry(k, captured[0], self.signature(k))
+
+    # ------------------------------------------------------------------ grouped candidates
+    def signature_outside(self, layer: int) -> Signature:
+        """Identity and write count of every parameter and buffer *outside* decoder layer
+        ``layer``: what a grouped candidate (:meth:`layer_output`) must leave alone."""
+        inside = {id(t) for t in self.adapter.layers()[layer].parameters()}
+        inside |= {id(t) for t in self.adapter.layers()[layer].buffers()}
+        seen: set[int] = set()
+        out = []
+        for t in [*self.model.parameters(), *self.model.buffers()]:
+            if id(t) in inside or id(t) in seen or t.device.type == "meta":
+                continue
+            seen.add(id(t))
+            out.append((id(t), t.data_ptr(), t._version))
+        return tuple(out)
+
+    def layer_output(self, slot: Hashable, run: Any) -> torch.Tensor:
+        """The output of the focus layer ``k`` for batch ``slot``: ``run()`` (the batch's metric
+        call) is cut short right after layer ``k``, which runs on the cached hidden states
+        entering it. Without a valid entry at ``k`` the pass starts at the nearest earlier valid
+        entry (or the embedding) and captures the entry on the way, so the slot's next calls
+        replay it. Layers ``< k`` must hold the current state (they do: candidates of a step
+        differ from it only from ``k`` on), so the entry captured with any candidate in place is
+        the current state's."""
+        k = self.focus
+        if not k or k >= self.adapter.num_layers:
+            raise ValueError(f"layer_output needs a focus in 1..num_layers-1, got {k}")
+        entry = self._entries.get(slot)
+        if entry is not None and not (
+            entry.start <= k and entry.signature == self.signature(entry.start)
+        ):
+            del self._entries[slot]
+            entry = None
+        start = entry.start if entry is not None else 0
+        layers = self.adapter.layers()
+        originals = [layers[j] for j in range(start)]
+        captured: list[torch.Tensor] = []
+        handles = []
+
+        def stop(_module: nn.Module, _args: Any, output: Any) -> None:
+            raise _Stop(_hidden(output).detach())
+
+        if start < k:
+
+            def capture(_module: nn.Module, _args: Any, output: Any) -> None:
+                captured.append(_hidden(output).detach())
+
+            handles.append(layers[k - 1].register_forward_hook(capture))
+        handles.append(layers[k].register_forward_hook(stop))
+        out: torch.Tensor | None = None
+        try:
+            if entry is not None:
+                for j in range(start - 1):
+                    layers[j] = _PassThrough()
+                layers[start - 1] = _Replay(entry.hidden)
+                self.suffix_passes += 1
+                self.layers_skipped += start
+            try:
+                run()
+            except _Stop as stopped:
+                out = stopped.output
+        finally:
+            for j, module in enumerate(originals):
+                layers[j] = module
+            for handle in handles:
+                handle.remove()
+        if out is None:
+            raise RuntimeError(f"prefix cache: the pass of batch {slot!r} never reached layer {k}")
+        if len(captured) == 1:
+            self._entries[slot] = _Entry(k, captured[0], self.signature(k))
+        return out
+
+    @contextmanager
+    def stacked_pass(self, hidden: torch.Tensor) -> Iterator[None]:
+        """Wrap one forward pass whose layers ``0 .. k`` (``k`` the focus) are stand-ins and whose
+        layer ``k`` returns ``hidden``: the outputs of layer ``k`` of several candidates stacked
+        along the batch dimension (the pass's batch must have that many rows). The real layers
+        ``k+1 ..``, the final norm and ``lm_head`` run once for all of them."""
+        k = self.focus
+        if not k or k >= self.adapter.num_layers:
+            raise ValueError(f"stacked_pass needs a focus in 1..num_layers-1, got {k}")
+        layers = self.adapter.layers()
+        originals = [layers[j] for j in range(k + 1)]
+        try:
+            for j in range(k):
+                layers[j] = _PassThrough()
+            layers[k] = _Replay(hidden)
+            self.suffix_passes += 1
+            self.layers_skipped += k + 1
+            yield
+        finally:
+            for j, module in enumerate(originals):
+                layers[j] = module

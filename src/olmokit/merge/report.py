@@ -75,7 +75,7 @@ REPORT_FILE = "merge_report.json"
 SCHEMA_VERSION = 1
 TOOL = "olmokit.merge"
 #: Config keys that may change between a run and its resume without changing any decision.
-IGNORE_IN_HASH = ("output_dir", "device")
+IGNORE_IN_HASH = ("output_dir", "device", "candidate_batch")
 #: Keys every report has (a file without them is not a merge report).
 _REQUIRED = ("schema_version", "tool", "config_hash", "pool", "base", "layers", "units")
 

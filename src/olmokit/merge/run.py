@@ -40,8 +40,9 @@ from .state import WorkingModel
 
 __all__ = ["run_merge", "IGNORE_ON_RESUME", "MODEL_DIR"]
 
-#: Config keys that may change between a run and its resume (where it runs, not what it computes).
-IGNORE_ON_RESUME = ("output_dir", "device")
+#: Config keys that may change between a run and its resume (where and how fast it runs, not what
+#: it computes: grouped candidates score as one by one).
+IGNORE_ON_RESUME = ("output_dir", "device", "candidate_batch")
 MODEL_DIR = "model"
 POOL_CACHE = "pool_cache"
 
@@ -133,7 +134,9 @@ def run_merge(
     tokenizer = _tokenizer(config, initial.path)
     # the first `samples` records of each file, as the original (no seeded subset)
     evalsets = load_datasets(list(config.datasets), tokenizer)
-    evaluator = Evaluator(model, evalsets, batch_size=config.batch_size)
+    evaluator = Evaluator(
+        model, evalsets, batch_size=config.batch_size, candidate_batch=config.candidate_batch
+    )
     cache = StateCache()
 
     members = list(pool.names)
@@ -160,6 +163,7 @@ def run_merge(
         members=members,
         progress=progress and main,
         focus=evaluator.set_focus,
+        evaluate_group=evaluator.evaluate_group,
     )
     if not report.get("base_metrics"):
         report["base_metrics"] = search.base_metrics()

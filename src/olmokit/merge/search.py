@@ -24,6 +24,7 @@ then no donor is ever materialised as a model. They use Borda over the datasets 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -99,6 +100,7 @@ class MergeSearch:
         members: Sequence[str],
         progress: bool = True,
         focus: Callable[[int | None], None] | None = None,
+        evaluate_group: GroupEvaluate | None = None,
     ):
         self.working = working
         self.config = config
@@ -113,10 +115,23 @@ class MergeSearch:
         self._bar: Any = None
         #: tells the evaluator the first layer a step's candidates differ in (its prefix cache)
         self._focus = focus or (lambda layer: None)
+        #: scores several candidates of one step together (Evaluator.evaluate_group); by default
+        #: one after the other with ``evaluate``
+        self._evaluate_group = evaluate_group or _one_by_one(evaluate)
+        self.candidate_batch = int(getattr(config, "candidate_batch", 1) or 1)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> Metrics:
         return clean_metrics(self._evaluate(), self.datasets)
+
+    def evaluate_group(
+        self, appliers: Sequence[Callable[[], Any]], restore: Callable[[], Any]
+    ) -> list[Metrics]:
+        """Metrics of the candidates the ``appliers`` put in place (``restore`` puts the current
+        state back, once, also on failure): see :meth:`olmokit.merge.evaluate.Evaluator.evaluate_group`."""
+        if not appliers:
+            return []
+        return [clean_metrics(m, self.datasets) for m in self._evaluate_group(appliers, restore)]
 
     def cached_evaluate(self, key: str) -> tuple[Metrics, bool]:
         hit = self.cache.get(key)
@@ -317,18 +332,15 @@ class MergeSearch:
         candidates = [Candidate(current_name, True, dict(self.current), cached=known is not None)]
         donors = [m for m in self.members if any(w.source(u) != m for u in units)]
         bar = _bar(len(donors), f"{step} {target}", self.progress, position=1)
-        # the current state of the step's units, copied once and restored after every candidate
-        snap = w.snapshot(units) if donors else None
         try:
-            for member in donors:
-                key = w.state_key({u.name: member for u in units})
-                metrics, cached = self._trial(key, units, member, snap)
-                cand = Candidate(member, False, metrics, cached)
-                self._judge(cand)
-                candidates.append(cand)
-                bar.update(1)
+            found = self._trials(units, donors, bar)
         finally:
             bar.close()
+        for member in donors:
+            metrics, cached = found[member]
+            cand = Candidate(member, False, metrics, cached)
+            self._judge(cand)
+            candidates.append(cand)
         eligible = [i for i, c in enumerate(candidates) if not c.degraded]
         sel = select(cfg.selection, [candidates[i].metrics for i in eligible], self.datasets)
         win = candidates[eligible[sel.winner]]
@@ -362,21 +374,43 @@ class MergeSearch:
         self.save()
         return decision
 
-    def _trial(
-        self, key: str, units: list[ParameterUnit], member: str, snap: Mapping[str, Any]
-    ) -> tuple[Metrics, bool]:
-        """``member``'s tensors for ``units`` evaluated (or looked up), then ``snap`` (the
-        current state of the units) restored, exceptions included."""
-        hit = self.cache.get(key)
-        if hit is not None:
-            return dict(hit), True
-        try:
-            self.working.apply_all(units, member)
-            metrics = self.evaluate()
-        finally:
-            self.working.restore(snap)
-        self.cache.put(key, metrics)
-        return metrics, False
+    def _trials(
+        self, units: list[ParameterUnit], donors: Sequence[str], bar: Any
+    ) -> dict[str, tuple[Metrics, bool]]:
+        """Every donor's metrics for ``units``: ``(metrics, cached)``. States already in the
+        evaluation cache are looked up; the others are evaluated together (:meth:`evaluate_group`:
+        each donor's tensors copied in over the previous one's, the evaluator sharing work among
+        ``candidate_batch`` of them at a time, and the current state of the units restored once
+        at the end from one snapshot of them, exceptions included), then cached."""
+        w = self.working
+        found: dict[str, tuple[Metrics, bool]] = {}
+        todo: list[tuple[str, str]] = []
+        for member in donors:
+            key = w.state_key({u.name: member for u in units})
+            hit = self.cache.get(key)
+            if hit is not None:
+                found[member] = (dict(hit), True)
+                bar.update(1)
+            else:
+                todo.append((member, key))
+        if not todo:
+            return found
+        snap = w.snapshot(units)  # the current state of the step's units, copied once
+        ticked: set[str] = set()
+
+        def apply(member: str) -> None:
+            w.apply_all(units, member)
+            if member not in ticked:  # the bar counts candidates (a wave re-applies them)
+                ticked.add(member)
+                bar.update(1)
+
+        appliers = [functools.partial(apply, member) for member, _ in todo]
+        with w.keep_open():  # grouped evaluation in several waves re-reads the same tensors
+            results = self.evaluate_group(appliers, functools.partial(w.restore, snap))
+        for (member, key), metrics in zip(todo, results):
+            self.cache.put(key, metrics)
+            found[member] = (metrics, False)
+        return found
 
     def _references(self) -> list[tuple[str, Metrics]]:
         refs = [("current", self.current)]
@@ -442,7 +476,7 @@ class MergeSearch:
                 sigma0=cfg.es_svd_sigma if kind == "svd" else cfg.es_norm_sigma,
                 generations=generations,
                 lam=cfg.es_lambda,
-                step_rule=cfg.es_svd_step_rule if kind == "svd" else "fixed",
+                step_rule=cfg.es_svd_step_rule if kind == "svd" else cfg.es_norm_step_rule,
                 # under several processes 'out of time' is one decision (clocks differ by rank)
                 budget=es_mod.ESBudget(
                     cfg.es_max_evaluations, cfg.es_max_seconds, agree=any_process
@@ -453,6 +487,8 @@ class MergeSearch:
                 selection=cfg.selection,
                 datasets=self.datasets,
                 on_evaluated=lambda *_, _b=bar: _b.update(1),
+                evaluate_group=self.evaluate_group,
+                group_size=self.candidate_batch,
             )
             bar.close()
             ops += [op.to_json() for op in result.ops]
@@ -462,6 +498,29 @@ class MergeSearch:
             self.working.set_source(unit, unit_source(member, ops))
             self.cache.put(self.working.state_key(), dict(self.current))
         return ops
+
+
+GroupEvaluate = Callable[
+    [Sequence[Callable[[], Any]], Callable[[], Any]], Sequence[Mapping[str, Any]]
+]
+
+
+def _one_by_one(evaluate: Callable[[], Mapping[str, Any]]) -> GroupEvaluate:
+    """A group evaluation that applies and evaluates each candidate in turn, then restores."""
+
+    def group(
+        appliers: Sequence[Callable[[], Any]], restore: Callable[[], Any]
+    ) -> list[Mapping[str, Any]]:
+        out = []
+        try:
+            for apply in appliers:
+                apply()
+                out.append(evaluate())
+        finally:
+            restore()
+        return out
+
+    return group
 
 
 def replay_decisions(
