@@ -134,3 +134,30 @@ def test_refuses_attention_kernels_without_explicit_masks():
     with pytest.raises(ConfigError, match="attn_implementation 'flash_attention_2'"):
         attach_memory(model, settings("mac"))
     attach_memory(model, settings("mag", persistent_tokens=0))  # MAG without extra tokens is fine
+
+
+@pytest.mark.parametrize("mode", ["mag", "mal"])
+@pytest.mark.parametrize("norm", [True, False])
+def test_gated_read_is_the_rms_normalised_memory_output(mode, norm):
+    """``retrieval_norm``: the layer adds ``g ⊙ y / rms(y)`` (``g ⊙ y`` when off), ``y`` the
+    NeuralMemory's own output, with the read's size set by the gate alone."""
+    model = random_model("olmo3", "tiny", seed=0)
+    mm = attach_memory(model, settings(mode, persistent_tokens=0, retrieval_norm=norm))
+    layer = mm.memory_layers[1]
+    with torch.no_grad():
+        layer.mem_gate.copy_(torch.linspace(-1.0, 2.0, layer.mem_gate.numel()))
+    x = torch.randn(2, SEG, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = layer.read_write(x)
+        y, _ = layer.memory(x, None, chunk_size=4)
+        want = y / y.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() if norm else y
+        want = layer.mem_gate * want
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        # scale invariance: a read ten times louder gives the same normalised read
+        layer.memory.to_out.weight.mul_(10.0)
+        louder = layer.read_write(x)
+    if norm:  # the same up to the eps inside the norm (1e-6 against a mean square of ~1e-3)
+        torch.testing.assert_close(louder, got, rtol=1e-2, atol=1e-4)
+        assert not torch.allclose(louder, 10.0 * got, rtol=0.5)
+    else:
+        torch.testing.assert_close(louder, 10.0 * got, rtol=1e-5, atol=1e-6)

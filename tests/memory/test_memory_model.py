@@ -272,6 +272,31 @@ def test_save_load_round_trip_and_base_check(tmp_path):
         load_memory_state(tmp_path / "empty.safetensors")
 
 
+def test_adapter_saved_before_retrieval_norm_loads_with_the_unnormalised_read(tmp_path):
+    """An adapter whose settings lack ``retrieval_norm`` was trained without the norm: it loads
+    with ``retrieval_norm: false`` and reproduces its logits; new adapters record the key."""
+    import json
+
+    mm = build(mode="mag", retrieval_norm=False)
+    open_gates(mm, 0.3)
+    mm.eval()
+    ids = random_tokens(2, 2 * SEG, mm.config.vocab_size)
+    with torch.no_grad():
+        want = mm(ids).logits
+    path = mm.save_pretrained(tmp_path / "old")
+    cfg = path / "memory_config.json"
+    meta = json.loads(cfg.read_text())
+    assert meta["memory"]["retrieval_norm"] is False
+    del meta["memory"]["retrieval_norm"]
+    cfg.write_text(json.dumps(meta))
+    again = load_memory(random_model("olmo2", "tiny", seed=0), path)
+    again.eval()
+    assert again.settings.retrieval_norm is False
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, want)
+    assert build(mode="mag").settings.retrieval_norm is True
+
+
 @pytest.mark.parametrize("mode", ["mac", "mag"])
 def test_chunk_granularity_through_the_model(mode):
     """memory.granularity: chunk reaches every layer's engine; the model's invariants hold for it:

@@ -141,6 +141,13 @@ class MemorySettings(OlmokitConfig):
         description="truncated BPTT: detach the memory state every this many segments "
         "(null: backpropagate through the whole sequence)",
     )
+    retrieval_norm: bool = Field(
+        True,
+        description="RMS-normalise the memory's read (mag/mal) before its gate: without it the "
+        "outer optimiser inflates the memory MLP for a louder read until the inner updates turn "
+        "unstable (gradient norms 1e3-1e5); false: the unnormalised read of adapters saved "
+        "before this key",
+    )
     init_seed: int | None = Field(0, description="seed of the memory initialisation")
 
     #: fields passed on to NeuralMemoryConfig (besides ``dim``)

@@ -8,6 +8,9 @@ decoder layer (so ``.to()``, optimizers, DDP and ``state_dict`` see it) by
   ``x`` is the attention's input (contextual for layers >= 1) and ``M`` stores and retrieves token by
   token (``y_t = M_t(q_t)``).
 * **MAL** (memory as layer) — pre-hook on the decoder layer: the layer reads ``x + g ⊙ M(x)``.
+
+With ``retrieval_norm`` (the default) ``M(x)`` above is RMS-normalised per token before the gate
+(see :meth:`MemoryLayer.read_write` for why).
 * **MAC** (memory as context, the paper's order) — post-hook on the attention module: retrieve
   ``h = M*_{t-1}(x)`` for every token of the segment with the state of the segment start, attend over
   ``[persistent ‖ h ‖ segment]`` with the module's own frozen projections (a segment token at position
@@ -40,7 +43,10 @@ from .config import ResolvedMemory
 from .neural import NeuralMemory, NeuralMemoryConfig
 from .state import MemoryState
 
-__all__ = ["LayerRuntime", "MemoryLayer", "neural_config"]
+__all__ = ["RETRIEVAL_NORM_EPS", "LayerRuntime", "MemoryLayer", "neural_config"]
+
+#: eps of the RMS normalisation of the memory's read (``retrieval_norm``)
+RETRIEVAL_NORM_EPS = 1e-6
 
 
 def neural_config(resolved: ResolvedMemory) -> NeuralMemoryConfig:
@@ -85,6 +91,7 @@ class MemoryLayer(nn.Module):
         s = resolved.settings
         self.mode, self.source, self.layer_index = s.mode, s.source, layer
         self.chunk_train, self.chunk_prefill = s.chunk_train, s.chunk_prefill
+        self.retrieval_norm = s.retrieval_norm
         self.window = adapter.layer_sliding_window(layer)
         hidden = resolved.hidden_size
         device = adapter.embed_tokens().weight.device
@@ -130,10 +137,21 @@ class MemoryLayer(nn.Module):
 
     # ------------------------------------------------------------------ MAG / MAL memory path
     def read_write(self, x: torch.Tensor) -> torch.Tensor:
-        """Store and retrieve token by token (MAG/MAL): ``g ⊙ M_t(q_t)`` in float32."""
+        """Store and retrieve token by token (MAG/MAL): ``g ⊙ RMSNorm(M_t(q_t))`` in float32.
+
+        Why the norm (``retrieval_norm``): the read's size is the product of the memory MLP's
+        weights, so without it the outer optimiser makes the read louder by inflating the learned
+        initial weights (their norm grew ~15x in 100 steps of the passkey demo); the inner
+        gradient step's curvature grows with them until the inner updates turn unstable and the
+        gradients through the recurrence explode (1e3-1e5, loss stuck at chance). Normalised, the
+        read's size is the gate's alone. The gate still starts at zero: identity at init holds.
+        """
         y, state = self.memory(x.float(), self._state(x.shape[0]), chunk_size=self._chunk())
         self._keep(state)
-        return self.mem_gate * y.float()
+        y = y.float()
+        if self.retrieval_norm:
+            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + RETRIEVAL_NORM_EPS)
+        return self.mem_gate * y
 
     # ------------------------------------------------------------------ hooks
     def mal_pre_hook(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -614,9 +614,10 @@ def read_memory_settings(
 ) -> tuple[dict[str, Any], MemorySettings]:
     """``(meta, settings)`` of a saved memory adapter, without a base model."""
     meta, _ = read_adapter(adapter_dir, ADAPTER_FORMAT)
-    settings = MemorySettings.from_dict(
-        meta.get("memory", {}), source=str(adapter_dir), strict=False
-    )
+    saved = dict(meta.get("memory", {}))
+    # adapters saved before ``retrieval_norm`` existed were trained with the unnormalised read
+    saved.setdefault("retrieval_norm", False)
+    settings = MemorySettings.from_dict(saved, source=str(adapter_dir), strict=False)
     return meta, settings
 
 
