@@ -129,15 +129,43 @@ def _evaluate(model, samples) -> float:
     return sum(scores) / len(scores)
 
 
-def _evaluator(model, samples):
-    """The merge's evaluator on the same samples and metric as :func:`_evaluate` (pad id 1)."""
+def _evaluator(model, samples, candidate_batch: int = 8):
+    """The merge's evaluator on the same samples and metric as :func:`_evaluate` (pad id 1), with
+    ``run_merge``'s defaults (prefix cache on, ``candidate_batch`` 8)."""
     from types import SimpleNamespace
 
     from olmokit.merge.datasets import EvalSet
     from olmokit.merge.evaluate import Evaluator
 
     tok = SimpleNamespace(pad_token_id=1)
-    return Evaluator(model, [EvalSet("bench", "nll", list(samples), tokenizer=tok)], batch_size=2)
+    sets = [EvalSet("bench", "nll", list(samples), tokenizer=tok)]
+    return Evaluator(model, sets, batch_size=2, candidate_batch=candidate_batch)
+
+
+def _layer_step(wm, evaluator, units, members, swap_clock=None):
+    """What ``MergeSearch.step`` does with a step's non-cached donors (``MergeSearch._trials``):
+    one snapshot of the units (into the previous step's buffers), donor files kept open for the
+    step, every donor applied over the previous one and evaluated together
+    (``Evaluator.evaluate_group``), the units restored once, the snapshot released.
+    ``swap_clock`` (a one-item list) accumulates the seconds spent moving weights: the snapshot,
+    each donor's copy-in and the restore. Returns the metrics, in donor order."""
+    import functools
+
+    def clocked(fn, *args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            if swap_clock is not None:
+                swap_clock[0] += time.perf_counter() - t
+
+    snap = clocked(wm.snapshot, units)
+    appliers = [functools.partial(clocked, wm.apply_all, units, m) for m in members]
+    try:
+        with wm.keep_open():
+            return evaluator.evaluate_group(appliers, functools.partial(clocked, wm.restore, snap))
+    finally:
+        wm.release(snap)
 
 
 def _load_working(base: Path):
@@ -183,12 +211,7 @@ def child_memory(dirs: list[Path], cache: Path) -> dict:
     evals = 0
     for focus, units in groups:
         evaluator.set_focus(focus)
-        for member in pool.members[1:]:
-            snap = wm.snapshot(units)
-            wm.apply_all(units, member)
-            evaluator.evaluate()
-            wm.restore(snap)
-            evals += 1
+        evals += len(_layer_step(wm, evaluator, units, pool.members[1:]))
     peak = _status("VmHWM")
     return {
         "pool": len(dirs),
@@ -220,8 +243,8 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
     _evaluate(model, samples)  # warm-up (first-call allocations)
     params = dict(model.named_parameters())
 
-    # the same candidates both ways, interleaved (naive, then olmokit, per candidate) so drift of
-    # a shared CPU hits both alike; swap/load time and evaluation time are clocked apart
+    # the same candidates both ways, interleaved (naive, then olmokit, per layer) so drift of a
+    # shared CPU hits both alike; swap/load time and evaluation time are clocked apart
     layer_keys = {
         layer: [k for u in get_adapter(model).units() if u.layer == layer for k in u.keys]
         for layer in layers
@@ -232,9 +255,7 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
     clock = {"naive_load": 0.0, "naive_eval": 0.0, "olmokit_swap": 0.0, "olmokit_eval": 0.0}
     naive_scores, lazy_scores = [], []
     for layer in layers:
-        evaluator.set_focus(layer)  # as a layer step does: candidates differ from layer on
-        snap = None  # as a step does: the current units copied once, restored after each candidate
-        for donor_dir, member in zip(dirs[1:], pool.members[1:]):
+        for donor_dir in dirs[1:]:
             # naive: the original's way, the whole donor per candidate
             t = time.perf_counter()
             donor = AutoModelForCausalLM.from_pretrained(donor_dir, dtype=torch.float32)
@@ -254,20 +275,17 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
             clock["naive_load"] += (t1 - t) + (t3 - t2)
             clock["naive_eval"] += t2 - t1
 
-            # olmokit: lazy unit swap in place, restored from a copy of just those units (taken
-            # at the step's first candidate, inside its clocked swap time)
-            t = time.perf_counter()
-            units = wm.layer_units(layer)
-            if snap is None:
-                snap = wm.snapshot(units)
-            wm.apply_all(units, member)
-            t1 = time.perf_counter()
-            lazy_scores.append(evaluator.evaluate()["bench"])
-            t2 = time.perf_counter()
-            wm.restore(snap)
-            t3 = time.perf_counter()
-            clock["olmokit_swap"] += (t1 - t) + (t3 - t2)
-            clock["olmokit_eval"] += t2 - t1
+        # olmokit: the layer step over the same donors, clocked whole; the weight moves inside
+        # it (snapshot, copy-ins, restore) are clocked apart and the rest is the evaluation
+        t = time.perf_counter()
+        evaluator.set_focus(layer)  # as a layer step does: candidates differ from layer on
+        swap = [0.0]
+        results = _layer_step(wm, evaluator, wm.layer_units(layer), pool.members[1:], swap)
+        total = time.perf_counter() - t
+        lazy_scores += [r["bench"] for r in results]
+        clock["olmokit_swap"] += swap[0]
+        clock["olmokit_eval"] += total - swap[0]
+    es = _es_offspring(wm, evaluator, layers[len(layers) // 2])
     naive_s = clock["naive_load"] + clock["naive_eval"]
     lazy_s = clock["olmokit_swap"] + clock["olmokit_eval"]
     same = all(abs(a - b) <= 1e-5 * max(1.0, abs(a)) for a, b in zip(naive_scores, lazy_scores))
@@ -283,6 +301,50 @@ def child_speed(dirs: list[Path], cache: Path, layers: tuple[int, ...]) -> dict:
         "layers": list(layers),
         "prefix_layers_skipped": evaluator.prefix.layers_skipped,
         "max_score_difference": max(abs(a - b) for a, b in zip(naive_scores, lazy_scores)),
+        "es_offspring": es,
+    }
+
+
+def _es_offspring(wm, evaluator, layer: int, lam: int = 8) -> dict:
+    """One norm-ES generation of ``lam`` offspring on layer ``layer``'s MLP up-projection, as
+    ``MergeSearch.refine`` runs it (:func:`olmokit.merge.es.run_es`), evaluated one by one and
+    then in one group (``candidate_batch`` 8), in this process: seconds per offspring each way.
+    The same offspring and scores both ways (checked); the tensor is restored afterwards."""
+    import torch
+
+    from olmokit.merge.es import no_regression_accept, run_es
+    from olmokit.merge.search import es_weight_key
+
+    unit = next(u for u in wm.layer_units(layer) if u.name.endswith("up_proj"))
+    key = es_weight_key(wm, unit)
+    weight = wm.tensor(key)
+    original = weight.detach().clone()
+    evaluator.set_focus(layer)
+    current = evaluator.evaluate()
+
+    def write(t):
+        with torch.no_grad():
+            weight.copy_(t)
+
+    out, histories = {}, []
+    for label, size in (("one_by_one", 1), ("grouped", 8)):
+        scores: list = []
+        t = time.perf_counter()
+        result = run_es(
+            "norm", original.float().clone(), write, evaluator.evaluate, current,
+            no_regression_accept(0.0, ["bench"]), seed=7, sigma0=0.005, generations=1, lam=lam,
+            datasets=["bench"], on_evaluated=lambda g, i, m, ok, _s=scores: _s.append(m["bench"]),
+            evaluate_group=evaluator.evaluate_group, group_size=size,
+        )  # fmt: skip
+        out[label] = (time.perf_counter() - t) / lam
+        histories.append((scores, [op.to_json() for op in result.ops]))
+        write(original)
+    return {
+        "layer": layer,
+        "offspring": lam,
+        "seconds_per_offspring": out,
+        "speedup": out["one_by_one"] / out["grouped"],
+        "same_scores": histories[0] == histories[1],
     }
 
 
@@ -355,13 +417,19 @@ def main() -> None:
         f"| naive from_pretrained per candidate | {speed['naive_seconds']:.1f} | {speed['naive_evals_per_s']:.2f} |"
     )
     print(
-        f"| olmokit lazy unit swap + prefix cache | {speed['olmokit_seconds']:.1f} | {speed['olmokit_evals_per_s']:.2f} |"
+        f"| olmokit lazy unit swap + grouped evaluation | {speed['olmokit_seconds']:.1f} | {speed['olmokit_evals_per_s']:.2f} |"
     )
     per = speed["seconds_per_candidate"]
     print(
         f"\nPer candidate: naive load+copy+restore {per['naive_load']:.2f} s, eval "
         f"{per['naive_eval']:.2f} s; olmokit swap+restore {per['olmokit_swap']:.3f} s, eval "
         f"{per['olmokit_eval']:.2f} s."
+    )
+    es = speed["es_offspring"]
+    print(
+        f"\nES offspring (norm-ES, layer {es['layer']}, lambda {es['offspring']}): one by one "
+        f"{es['seconds_per_offspring']['one_by_one']:.3f} s, grouped "
+        f"{es['seconds_per_offspring']['grouped']:.3f} s per offspring ({es['speedup']:.2f}x)."
     )
     ratio = speed["olmokit_evals_per_s"] / speed["naive_evals_per_s"]
     ratios = {str(n): round(m["peak_above_baseline_ratio"], 3) for n, m in memory.items()}
@@ -374,6 +442,13 @@ def main() -> None:
         "speed_candidates": speed["candidates"],
         "speed_layers": f"all {len(speed['layers'])} (0..{speed['layers'][-1]}) x {SPEED_POOL - 1} donors",
         "seconds_per_candidate": {k: round(v, 4) for k, v in per.items()},
+        "es_offspring": {
+            "seconds_per_offspring": {
+                k: round(v, 4) for k, v in speed["es_offspring"]["seconds_per_offspring"].items()
+            },
+            "speedup_grouped_vs_one_by_one": round(speed["es_offspring"]["speedup"], 2),
+            "same_scores": speed["es_offspring"]["same_scores"],
+        },
         "model_parameters": memory[POOL_SIZES[0]]["model_bytes"] // 4,
         "load_only_ratio": {str(n): round(m["load_only_ratio"], 3) for n, m in memory.items()},
         "targets_met": {

@@ -238,7 +238,7 @@ def _layer_candidates(model, k: int, m: int, seed: int = 0):
 
 @pytest.mark.parametrize("model_type", ["olmo", "olmo2", "olmo3"])
 def test_grouped_scores_equal_one_by_one_bit_for_bit(model_type, monkeypatch):
-    """Every focus 1..N-1 of a 4-layer model (OLMo-3: three sliding-window layers, window 8, and
+    """Every focus 0..N-1 of a 4-layer model (OLMo-3: three sliding-window layers, window 8, and
     a full one; samples up to 26 tokens), 5 candidates in groups of 3 and 2: each candidate's
     metrics equal a full forward of it alone, exactly (float equality); the stacked pass really
     ran (one metric call per batch for the whole group), and the layer weights are restored."""
@@ -254,7 +254,7 @@ def test_grouped_scores_equal_one_by_one_bit_for_bit(model_type, monkeypatch):
     monkeypatch.setattr(
         ev_mod, "merge_metric", lambda *a, **kw: calls.append(len(a[3])) or real(*a, **kw)
     )
-    for k in range(1, 4):
+    for k in range(4):  # 0: a layer-0 step (nothing cached below it, still grouped)
         grouped.set_focus(k)
         appliers, restore, saved, tensors = _layer_candidates(model, k, 5, seed=k)
         expected = []
@@ -274,7 +274,7 @@ def test_grouped_scores_equal_one_by_one_bit_for_bit(model_type, monkeypatch):
             expected_calls += m * [3, 3, 1, 3, 2, 3] + [3 * m, 3 * m, 3 * m, 2 * m] + m * [1]
         assert sorted(calls) == sorted(expected_calls)
         assert [grouped._stackable((0, b)) for b in range(3)] == [True, True, False]
-    assert grouped.evaluations == 15
+    assert grouped.evaluations == 20
 
 
 def test_grouped_evaluation_restores_on_every_failure_path(model_and_sets):
@@ -324,7 +324,8 @@ def test_grouped_evaluation_restores_on_every_failure_path(model_and_sets):
 
 def test_grouped_evaluation_in_waves_and_fallbacks(model_and_sets):
     """A memory cap below one batch: one wave per batch, every candidate applied once per wave,
-    same scores. Focus 0 / candidate_batch 1: one by one (each applied once), same scores."""
+    same scores. No focus (an embedding step), candidate_batch 1, no prefix cache: one by one
+    (each applied once), same scores."""
     model, sets = model_and_sets
     ev = Evaluator(model, sets, batch_size=BATCH_SIZE, candidate_batch=3)
     ev.set_focus(1)
@@ -344,7 +345,7 @@ def test_grouped_evaluation_in_waves_and_fallbacks(model_and_sets):
     assert tight.evaluate_group([counting(j) for j in range(3)], restore) == expected
     waves = len(tight._waves([(i, b) for i in (0, 2) for b in range(len(tight.plans[i]))], 3))
     assert waves == len(tight.plans[0]) + len(tight.plans[2]) and counted == [waves] * 3
-    for kwargs, focus in (({"candidate_batch": 1}, 1), ({}, 0), ({"prefix_cache": False}, 1)):
+    for kwargs, focus in (({"candidate_batch": 1}, 1), ({}, None), ({"prefix_cache": False}, 1)):
         counted[:] = [0, 0, 0]
         other = Evaluator(model, sets, batch_size=BATCH_SIZE, **kwargs)
         other.set_focus(focus)

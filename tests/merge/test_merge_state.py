@@ -128,3 +128,32 @@ def _refuse(*args, **kwargs):
 
 def load_donor_state(path: str) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(f"{path}/model.safetensors")
+
+
+def test_snapshot_reuses_the_released_buffers_and_a_released_snapshot_cannot_restore(working):
+    """A layer step's snapshot goes into the previous step's buffers (same shapes, no new
+    allocation); buffers of other shapes are dropped; restoring still gives the exact tensors."""
+    first = working.snapshot(working.layer_units(0))
+    ptrs = sorted(t.data_ptr() for t in first["tensors"].values())
+    working.release(first)
+    with pytest.raises(RuntimeError, match="released"):
+        working.restore(first)
+    before = {k: v.clone() for k, v in working.model.state_dict().items()}
+    second = working.snapshot(working.layer_units(1))
+    assert sorted(t.data_ptr() for t in second["tensors"].values()) == ptrs
+    for key, t in second["tensors"].items():
+        assert torch.equal(t, before[key])
+    with torch.no_grad():
+        for u in working.layer_units(1):
+            for key in u.keys:
+                working.tensor(key).mul_(2.0)
+    working.restore(second)
+    for key, value in working.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    working.release(second)
+    embed = next(u for u in working.boundary_units() if u.role == "embed_tokens")
+    boundary = working.snapshot([embed])  # another shape: a fresh copy; the spares are dropped
+    assert not {t.data_ptr() for t in boundary["tensors"].values()} & set(ptrs)
+    assert working._spare == {}
+    for key, t in boundary["tensors"].items():
+        assert torch.equal(t, before[key])

@@ -35,7 +35,7 @@ from torch import nn
 from ..eval.merge_metrics import merge_metric
 from ..eval.modes import eval_mode
 from .datasets import EvalSet
-from .prefix import TEACHER_FORCED_MODES, PrefixCache
+from .prefix import TEACHER_FORCED_MODES, PrefixCache, versions
 
 __all__ = [
     "GROUP_BYTES",
@@ -154,7 +154,8 @@ class Evaluator:
 
     def set_focus(self, layer: int | None) -> None:
         """The first decoder layer the coming evaluations' states may differ in from each other
-        (``None``/0: anything, e.g. the embedding; ``num_layers``: only the final norm/lm_head).
+        (``None``: anything, e.g. the embedding; ``0``: layer 0 and up, not the embedding;
+        ``num_layers``: only the final norm/lm_head).
         Only where passes are captured depends on it: a state that differs below it is still
         scored right (its stale prefix is recomputed)."""
         if self.prefix is not None:
@@ -244,10 +245,10 @@ class Evaluator:
     # ------------------------------------------------------------------ grouped candidates
     def groupable(self) -> bool:
         """Whether :meth:`evaluate_group` can share work between candidates now: a prefix cache,
-        a focus layer ``k`` in ``1 .. num_layers - 1`` (so a candidate's own work is layer ``k``
+        a focus layer ``k`` in ``0 .. num_layers - 1`` (so a candidate's own work is layer ``k``
         and everything above it is shared) and at least one teacher-forced dataset."""
         prefix = self.prefix
-        if prefix is None or not prefix.focus or prefix.focus >= prefix.adapter.num_layers:
+        if prefix is None or prefix.focus is None or prefix.focus >= prefix.adapter.num_layers:
             return False
         return any(e.mode in TEACHER_FORCED_MODES for e in self.evalsets)
 
@@ -285,7 +286,7 @@ class Evaluator:
         several processes each rank scores its own batches and one ``all_reduce`` sums all the
         candidates' per-sample vectors, as :meth:`sample_scores` does.
 
-        Otherwise (no focus, focus ``num_layers``, only generation sets, no prefix cache,
+        Otherwise (focus ``None``, focus ``num_layers``, only generation sets, no prefix cache,
         ``candidate_batch`` 1) the candidates are applied and evaluated one after the other.
         """
         out: list[dict[str, float]] = []
@@ -306,21 +307,24 @@ class Evaluator:
         start = time.perf_counter()
         m = len(appliers)
         prefix = self.prefix
-        assert prefix is not None and prefix.focus
+        assert prefix is not None and prefix.focus is not None
         k = prefix.focus
+        outside = prefix.outside(k)
         tf = [i for i, e in enumerate(self.evalsets) if e.mode in TEACHER_FORCED_MODES]
         gen = [i for i in range(len(self.evalsets)) if i not in tf]
         slots = [(i, b) for i in tf for b in self._local_batches(i)]
         vectors = [
             [torch.zeros(len(e), dtype=torch.float64) for e in self.evalsets] for _ in range(m)
         ]
-        with torch.no_grad(), eval_mode(self.model):
+        # begin(): the prefix signatures are computed once for the group (a candidate writes
+        # only layer k, checked after each apply, so nothing below k changes in between)
+        with torch.no_grad(), eval_mode(self.model), prefix.begin():
             for wave_index, wave in enumerate(self._waves(slots, m)):
                 outputs: dict[tuple[int, int], list[torch.Tensor]] = {s: [] for s in wave}
                 for j, apply in enumerate(appliers):
-                    before = prefix.signature_outside(k)
+                    before = versions(outside)
                     apply()
-                    if prefix.signature_outside(k) != before:
+                    if versions(outside) != before:
                         raise RuntimeError(
                             f"grouped evaluation: candidate {j} changed weights outside layer "
                             f"{k} (the focus); only layer {k} may differ between candidates"

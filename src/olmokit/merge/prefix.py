@@ -46,7 +46,7 @@ from torch import nn
 
 from ..family import FamilyAdapter, get_adapter
 
-__all__ = ["PrefixCache", "TEACHER_FORCED_MODES"]
+__all__ = ["PrefixCache", "TEACHER_FORCED_MODES", "versions"]
 
 #: Merge metrics computed from one teacher-forced forward pass per batch (the cache applies).
 TEACHER_FORCED_MODES = ("bigram_loss", "nll")
@@ -68,12 +68,16 @@ class _PassThrough(nn.Module):
         return hidden_states
 
 
+#: One stand-in serves every skipped layer of every pass (it holds nothing).
+_PASS = _PassThrough()
+
+
 class _Replay(nn.Module):
     """The last skipped layer: returns the cached hidden states entering the next layer."""
 
     def __init__(self, hidden: torch.Tensor):
         super().__init__()
-        self.hidden = hidden
+        object.__setattr__(self, "hidden", hidden)  # a plain attribute, not a buffer
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if hidden_states.shape != self.hidden.shape:  # a different batch than the one cached
@@ -99,9 +103,10 @@ def _hidden(output: Any) -> torch.Tensor:
 class PrefixCache:
     """Hidden states entering a decoder layer, per evaluation batch, for suffix-only passes.
 
-    ``focus`` (:meth:`set_focus`) is the first layer the coming candidates may differ in: ``0`` or
-    ``None`` means anything may change (no cache is used, e.g. an embedding or base-selection step);
-    ``num_layers`` means only the final norm / ``lm_head`` do.
+    ``focus`` (:meth:`set_focus`) is the first layer the coming candidates may differ in: ``None``
+    means anything may change (e.g. an embedding or base-selection step); ``0``, layer 0 and up
+    (nothing below it to cache, but the candidates of a layer-0 step can still be grouped, see
+    :meth:`layer_output`); ``num_layers`` means only the final norm / ``lm_head`` do.
     """
 
     def __init__(self, model: nn.Module, adapter: FamilyAdapter | None = None):
@@ -116,7 +121,7 @@ class PrefixCache:
     def set_focus(self, layer: int | None) -> None:
         if layer is not None and not 0 <= layer <= self.adapter.num_layers:
             raise ValueError(f"focus layer {layer} outside 0..{self.adapter.num_layers}")
-        self.focus = layer or None
+        self.focus = layer
 
     def clear(self) -> None:
         self._entries.clear()
@@ -173,7 +178,7 @@ class PrefixCache:
         """Wrap the one forward pass of batch ``slot``: skip the layers a valid entry covers, and
         capture the hidden states entering the focus layer for the next candidates."""
         k = self.focus
-        if not k:
+        if not k:  # None or 0: nothing below the focus to reuse
             yield
             return
         entry = self._entries.get(slot)
@@ -196,7 +201,7 @@ class PrefixCache:
         try:
             if entry is not None:
                 for j in range(start - 1):
-                    layers[j] = _PassThrough()
+                    layers[j] = _PASS
                 layers[start - 1] = _Replay(entry.hidden)
                 self.suffix_passes += 1
                 self.layers_skipped += start
@@ -210,19 +215,20 @@ class PrefixCache:
             self._entries[slot] = _Entry(k, captured[0], self.signature(k))
 
     # ------------------------------------------------------------------ grouped candidates
-    def signature_outside(self, layer: int) -> Signature:
-        """Identity and write count of every parameter and buffer *outside* decoder layer
-        ``layer``: what a grouped candidate (:meth:`layer_output`) must leave alone."""
-        inside = {id(t) for t in self.adapter.layers()[layer].parameters()}
-        inside |= {id(t) for t in self.adapter.layers()[layer].buffers()}
+    def outside(self, layer: int) -> list[torch.Tensor]:
+        """Every parameter and buffer *outside* decoder layer ``layer`` (each once): what a
+        grouped candidate (:meth:`layer_output`) must leave alone. Compare
+        :func:`versions` of them before and after a candidate is applied."""
+        block = self.adapter.layers()[layer]
+        inside = {id(t) for t in (*block.parameters(), *block.buffers())}
         seen: set[int] = set()
         out = []
-        for t in [*self.model.parameters(), *self.model.buffers()]:
+        for t in (*self.model.parameters(), *self.model.buffers()):
             if id(t) in inside or id(t) in seen or t.device.type == "meta":
                 continue
             seen.add(id(t))
-            out.append((id(t), t.data_ptr(), t._version))
-        return tuple(out)
+            out.append(t)
+        return out
 
     def layer_output(self, slot: Hashable, run: Any) -> torch.Tensor:
         """The output of the focus layer ``k`` for batch ``slot``: ``run()`` (the batch's metric
@@ -233,8 +239,8 @@ class PrefixCache:
         differ from it only from ``k`` on), so the entry captured with any candidate in place is
         the current state's."""
         k = self.focus
-        if not k or k >= self.adapter.num_layers:
-            raise ValueError(f"layer_output needs a focus in 1..num_layers-1, got {k}")
+        if k is None or k >= self.adapter.num_layers:
+            raise ValueError(f"layer_output needs a focus in 0..num_layers-1, got {k}")
         entry = self._entries.get(slot)
         if entry is not None and not (
             entry.start <= k and entry.signature == self.signature(entry.start)
@@ -261,7 +267,7 @@ class PrefixCache:
         try:
             if entry is not None:
                 for j in range(start - 1):
-                    layers[j] = _PassThrough()
+                    layers[j] = _PASS
                 layers[start - 1] = _Replay(entry.hidden)
                 self.suffix_passes += 1
                 self.layers_skipped += start
@@ -287,13 +293,13 @@ class PrefixCache:
         along the batch dimension (the pass's batch must have that many rows). The real layers
         ``k+1 ..``, the final norm and ``lm_head`` run once for all of them."""
         k = self.focus
-        if not k or k >= self.adapter.num_layers:
-            raise ValueError(f"stacked_pass needs a focus in 1..num_layers-1, got {k}")
+        if k is None or k >= self.adapter.num_layers:
+            raise ValueError(f"stacked_pass needs a focus in 0..num_layers-1, got {k}")
         layers = self.adapter.layers()
         originals = [layers[j] for j in range(k + 1)]
         try:
             for j in range(k):
-                layers[j] = _PassThrough()
+                layers[j] = _PASS
             layers[k] = _Replay(hidden)
             self.suffix_passes += 1
             self.layers_skipped += k + 1
@@ -301,3 +307,8 @@ class PrefixCache:
         finally:
             for j, module in enumerate(originals):
                 layers[j] = module
+
+
+def versions(tensors: list[torch.Tensor]) -> Signature:
+    """``(id, data_ptr, _version)`` of each tensor: equal before and after a write-free block."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in tensors)

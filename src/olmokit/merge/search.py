@@ -171,18 +171,20 @@ class MergeSearch:
             )
         return units
 
-    def first_layer(self, units: Sequence[ParameterUnit]) -> int:
+    def first_layer(self, units: Sequence[ParameterUnit]) -> int | None:
         """The first decoder layer a step over ``units`` can change: a layer unit's own layer,
         ``num_layers`` for the final norm and an untied lm_head (only they run above the last
-        layer), 0 for the embedding and anything else (the whole model)."""
+        layer), ``None`` for the embedding and anything else (the whole model)."""
         n = self.working.num_layers
         starts = [
             u.layer
             if u.layer is not None
-            else (n if u.role in ("final_norm", "lm_head") and u.tied_to is None else 0)
+            else (n if u.role in ("final_norm", "lm_head") and u.tied_to is None else None)
             for u in units
         ]
-        return min(starts, default=0)
+        if not starts or None in starts:
+            return None
+        return min(s for s in starts if s is not None)
 
     def pending(self) -> list[tuple[str, Any]]:
         """The steps still to do, in order: ("base"|"preselect"|"boundary"|"layer"|"unit", target)."""
@@ -405,8 +407,11 @@ class MergeSearch:
                 bar.update(1)
 
         appliers = [functools.partial(apply, member) for member, _ in todo]
-        with w.keep_open():  # grouped evaluation in several waves re-reads the same tensors
-            results = self.evaluate_group(appliers, functools.partial(w.restore, snap))
+        try:
+            with w.keep_open():  # grouped evaluation in several waves re-reads the same tensors
+                results = self.evaluate_group(appliers, functools.partial(w.restore, snap))
+        finally:
+            w.release(snap)  # restored by evaluate_group; its buffers serve the next step
         for (member, key), metrics in zip(todo, results):
             self.cache.put(key, metrics)
             found[member] = (metrics, False)

@@ -70,6 +70,7 @@ class WorkingModel:
         self._tensors: dict[str, torch.Tensor] = dict(model.state_dict(keep_vars=True))
         #: unit name -> source label, for units that differ from the base
         self.overrides: dict[str, str] = {}
+        self._spare: dict[tuple, list[torch.Tensor]] = {}  # buffers of a released snapshot
 
     # ------------------------------------------------------------------ units
     def unit(self, unit: ParameterUnit | str) -> ParameterUnit:
@@ -148,15 +149,42 @@ class WorkingModel:
 
     @torch.no_grad()
     def snapshot(self, units: Iterable[ParameterUnit | str]) -> dict[str, Any]:
-        """A copy of just these units' tensors and sources, for :meth:`restore`."""
+        """A copy of just these units' tensors and sources, for :meth:`restore`.
+
+        The copies go into the buffers of the snapshot last passed to :meth:`release` where the shapes
+        match (every layer step copies a layer of the same shapes: a fresh allocation of a
+        layer's worth costs more in page faults than the copy itself); buffers that do not match
+        are freed first, so a snapshot never holds more than it did without them."""
         us = [self.unit(u) for u in units]
-        return {
-            "tensors": {k: self._tensors[k].detach().clone() for u in us for k in u.keys},
-            "sources": {u.name: self.overrides.get(u.name) for u in us},
-        }
+        keys = [k for u in us for k in u.keys]
+        spare, self._spare = self._spare, {}
+        reused = {}
+        for key in keys:
+            live = self._tensors[key]
+            stack = spare.get((tuple(live.shape), live.dtype, live.device))
+            if stack:
+                reused[key] = stack.pop()
+        spare.clear()  # unmatched buffers go before anything new is allocated
+        tensors = {}
+        for key in keys:
+            live = self._tensors[key]
+            buf = reused.get(key)
+            tensors[key] = live.detach().clone() if buf is None else buf.copy_(live)
+        return {"tensors": tensors, "sources": {u.name: self.overrides.get(u.name) for u in us}}
+
+    def release(self, snap: dict[str, Any]) -> None:
+        """Done with ``snap``: its buffers serve the next :meth:`snapshot` (the previous spare
+        buffers are dropped). ``snap`` cannot be restored afterwards."""
+        spare: dict[tuple, list[torch.Tensor]] = {}
+        for t in snap["tensors"].values():
+            spare.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
+        self._spare = spare
+        snap["tensors"] = None
 
     @torch.no_grad()
     def restore(self, snap: Mapping[str, Any]) -> None:
+        if snap["tensors"] is None:
+            raise RuntimeError("this snapshot was released; it can no longer be restored")
         for key, value in snap["tensors"].items():
             self._tensors[key].copy_(value)
         for name, source in snap["sources"].items():
@@ -173,6 +201,7 @@ class WorkingModel:
             yield
         finally:
             self.restore(snap)
+            self.release(snap)
 
     def state_key(self, extra: Mapping[str, str] | None = None) -> str:
         """The evaluation-cache key of the current state (``extra`` overrides it, for a state not
