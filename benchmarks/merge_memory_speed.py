@@ -144,8 +144,8 @@ def _evaluator(model, samples, candidate_batch: int = 8):
 
 def _layer_step(wm, evaluator, units, members, swap_clock=None):
     """What ``MergeSearch.step`` does with a step's non-cached donors (``MergeSearch._trials``):
-    one snapshot of the units (into the previous step's buffers), donor files kept open for the
-    step, every donor applied over the previous one and evaluated together
+    one snapshot of the units (into the previous step's buffers), every donor applied over the
+    previous one (its file mapped for that copy only) and evaluated together
     (``Evaluator.evaluate_group``), the units restored once, the snapshot released.
     ``swap_clock`` (a one-item list) accumulates the seconds spent moving weights: the snapshot,
     each donor's copy-in and the restore. Returns the metrics, in donor order."""
@@ -162,8 +162,7 @@ def _layer_step(wm, evaluator, units, members, swap_clock=None):
     snap = clocked(wm.snapshot, units)
     appliers = [functools.partial(clocked, wm.apply_all, units, m) for m in members]
     try:
-        with wm.keep_open():
-            return evaluator.evaluate_group(appliers, functools.partial(clocked, wm.restore, snap))
+        return evaluator.evaluate_group(appliers, functools.partial(clocked, wm.restore, snap))
     finally:
         wm.release(snap)
 
@@ -207,7 +206,8 @@ def child_memory(dirs: list[Path], cache: Path) -> dict:
     peak_after_load = _status("VmHWM")  # loading the base alone, before any swap
     wm = WorkingModel(model, pool, pool.members[0].name)
     evaluator = _evaluator(model, samples)  # with its prefix cache, as in a merge
-    groups = [(0, wm.boundary_units())] + [(i, wm.layer_units(i)) for i in range(wm.num_layers)]
+    # the boundary step changes the embedding: no focus (None), as MergeSearch.first_layer says
+    groups = [(None, wm.boundary_units())] + [(i, wm.layer_units(i)) for i in range(wm.num_layers)]
     evals = 0
     for focus, units in groups:
         evaluator.set_focus(focus)

@@ -13,7 +13,7 @@ import torch
 import transformers
 from merge_helpers import make_pool, merge_config
 
-from olmokit.errors import DataError
+from olmokit.errors import CheckpointError, DataError
 from olmokit.merge import search as search_mod
 from olmokit.merge.report import load_report
 from olmokit.merge.run import run_merge
@@ -129,5 +129,20 @@ def test_missing_dataset_file_fails_before_the_run_directory_exists(tmp_path, po
         update={"datasets": [config.datasets[0].model_copy(update={"path": "nope/x.jsonl"})]}
     )
     with pytest.raises(DataError, match=r"dataset file not found: nope/x\.jsonl \(relative paths"):
+        run_merge(config, progress=False)
+    assert not Path(config.output_dir).exists()
+
+
+@pytest.mark.parametrize(
+    ("typo", "match"),
+    [
+        ("runs/expert-prse/model", "neither a directory, a zoo model"),
+        ("zoo:olmo2-stdlibb", "no zoo model"),
+        ("olmo2-stdlib@3", "only for random zoo models"),
+    ],
+)
+def test_a_pool_name_typo_fails_before_the_run_directory_exists(tmp_path, pool_dirs, typo, match):
+    config = merge_config(tmp_path, [*pool_dirs, typo])
+    with pytest.raises(CheckpointError, match=match):
         run_merge(config, progress=False)
     assert not Path(config.output_dir).exists()

@@ -231,3 +231,27 @@ def test_es_steps_are_recorded_and_replay_bit_for_bit(pool_dirs):
     assert fresh.overrides == search.working.overrides
     for key, t in search.working.model.state_dict().items():
         assert torch.equal(t, fresh.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("rule", ["fixed", "one_fifth"])
+def test_es_step_rules_reach_each_kind(pool_dirs, monkeypatch, rule):
+    """``es_norm_step_rule`` reaches norm-ES (it was always the fixed decay) and
+    ``es_svd_step_rule`` SVD-ES; the group size is ``candidate_batch``."""
+    from olmokit.merge import es as es_mod
+
+    seen = []
+    real = es_mod.run_es
+
+    def spy(kind, *args, **kwargs):
+        seen.append((kind, kwargs["step_rule"], kwargs["group_size"]))
+        return real(kind, *args, **kwargs)
+
+    monkeypatch.setattr(es_mod, "run_es", spy)
+    other = "one_fifth" if rule == "fixed" else "fixed"
+    _search(
+        pool_dirs, _distance_metrics, layer_swap=False, tensor_swap=True, es_svd=True,
+        es_norm=True, es_lambda=4, es_norm_step_rule=rule, es_svd_step_rule=other,
+        candidate_batch=3,
+    )  # fmt: skip
+    assert seen and {(k, r) for k, r, _ in seen} == {("svd", other), ("norm", rule)}
+    assert {g for *_, g in seen} == {3}

@@ -21,8 +21,7 @@ import json
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ __all__ = [
     "PoolMember",
     "TensorIndex",
     "TensorInfo",
+    "check_pool_names",
     "load_working_model",
     "resolve_model_dir",
 ]
@@ -176,6 +176,24 @@ def resolve_model_dir(name: str, cache_dir: str | os.PathLike[str] | None = None
         f"pool model {name!r} is neither a directory, a zoo model ({', '.join(ZOO)}) nor a hub id "
         "('namespace/name')"
     )
+
+
+def check_pool_names(names: Iterable[str]) -> None:
+    """Resolve every pool name that needs no run directory (local directories, shipped zoo models,
+    hub ids through the Hugging Face cache) and check random zoo names by name only (they are
+    written into the run's cache later): a typo is a :class:`CheckpointError` *before* the run
+    directory is created, so it leaves nothing behind to ``--overwrite``."""
+    for name in names:
+        path = Path(name).expanduser()
+        try:
+            if path.is_dir():
+                continue
+        except (OSError, ValueError):
+            pass
+        variant = _random_variant(name)  # a bad '@seed' raises here
+        if variant is not None and zoo_entry(variant[0]).kind == "random":
+            continue
+        resolve_model_dir(name)
 
 
 # ---------------------------------------------------------------------------- headers
@@ -433,7 +451,6 @@ class Pool:
         self.max_open = max(0, int(max_open))
         self._open: OrderedDict[str, LazyDonor] = OrderedDict()
         self._aliases: dict[str, str] = {}
-        self._kept: set[str] | None = None  # members read inside keep_open()
 
     @property
     def names(self) -> list[str]:
@@ -541,7 +558,7 @@ class Pool:
         """Copy ``member``'s tensors of every unit in ``units`` into ``live`` (``{state_dict key:
         model tensor}``) in place, cast on the way in. The member's shard is opened once for all
         the units (not once per unit: opening parses the header, about 1 ms on a 162M model) and,
-        unless kept open (``max_open``, :meth:`keep_open`), unmapped once afterwards. A key the
+        unless kept open (``max_open``), unmapped once afterwards. A key the
         member lacks is a :class:`CheckpointError` before anything is written."""
         m = self.member(member) if isinstance(member, str) else member
         units = list(units)
@@ -555,27 +572,8 @@ class Pool:
             for key, src in sources.items():
                 donor.copy_into(src, live[key])
         finally:
-            if self._kept is not None:
-                self._kept.add(m.name)
-            elif self.max_open == 0:
+            if self.max_open == 0:
                 donor.close()
-
-    @contextmanager
-    def keep_open(self) -> Iterator[None]:
-        """Inside the block, members read stay mapped (a step re-reads the same donors' same
-        layer for every group of candidates; only those pages stay resident, a layer per donor);
-        all of them are unmapped on exit."""
-        if self._kept is not None:  # nested: the outer block closes
-            yield
-            return
-        self._kept = set()
-        try:
-            yield
-        finally:
-            kept, self._kept = self._kept, None
-            for name in kept:
-                if name not in self._open:
-                    self.member(name).donor.close()
 
     def fingerprints(self) -> dict[str, str]:
         """``{name: fingerprint}`` of every member (see :meth:`TensorIndex.fingerprint`)."""

@@ -25,7 +25,7 @@ from ..runs import RunDir
 from .config import MergeConfig
 from .datasets import load_datasets
 from .evaluate import Evaluator, StateCache, init_distributed
-from .pool import Pool, load_working_model
+from .pool import Pool, check_pool_names, load_working_model
 from .report import (
     REPORT_FILE,
     SCHEMA_VERSION,
@@ -196,6 +196,8 @@ def _open(
     error: OlmokitError | None = None
     if rank == 0:
         try:
+            check_pool_names(config.models)  # a typo must not leave an empty run directory
+
             run = RunDir.create(
                 path,
                 config,

@@ -408,8 +408,9 @@ class MergeSearch:
 
         appliers = [functools.partial(apply, member) for member, _ in todo]
         try:
-            with w.keep_open():  # grouped evaluation in several waves re-reads the same tensors
-                results = self.evaluate_group(appliers, functools.partial(w.restore, snap))
+            # each apply maps its donor's file once and unmaps it after (keeping every donor of
+            # the step mapped would make the peak grow with the pool)
+            results = self.evaluate_group(appliers, functools.partial(w.restore, snap))
         finally:
             w.release(snap)  # restored by evaluate_group; its buffers serve the next step
         for (member, key), metrics in zip(todo, results):

@@ -19,7 +19,7 @@ cache is keyed on.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -138,14 +138,6 @@ class WorkingModel:
                     self._tensors[key].copy_(tensors[key])
         for u in us:
             self.set_source(u, _name(member))
-
-    @contextmanager
-    def keep_open(self) -> Iterator[None]:
-        """Donor files read inside the block stay mapped until it ends (see
-        :meth:`olmokit.merge.pool.Pool.keep_open`); a pool without that is used as it is."""
-        keep = getattr(self.pool, "keep_open", None)
-        with keep() if keep is not None else nullcontext():
-            yield
 
     @torch.no_grad()
     def snapshot(self, units: Iterable[ParameterUnit | str]) -> dict[str, Any]:
