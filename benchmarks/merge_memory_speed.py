@@ -14,10 +14,12 @@ warm-up forward of a tiny model of the same family, so lazy imports of the model
 first-call allocations do not count as the pool's), then does
 what a merge's layer step does with olmokit: load the base as the one working model (as
 ``run_merge`` does: :func:`olmokit.merge.pool.load_working_model`, tensor by tensor), and for every
-decoder layer and the boundary units, for every other donor, snapshot the unit(s), copy the donor's
-tensors in lazily (``olmokit.merge.pool.Pool`` + ``olmokit.merge.state.WorkingModel``), evaluate,
-restore. Reported: ``(VmHWM − baseline) / bytes of one fp32 model``, and the same ratio right after
-loading the base (before any swap: what loading alone costs). Target ≤ 1.5 at every N, flat.
+decoder layer and the boundary units run one step over the other donors as ``MergeSearch.step``
+does (:func:`_layer_step`: one snapshot of the unit(s), each donor's tensors copied in lazily over
+the previous one's with ``olmokit.merge.pool.Pool`` + ``olmokit.merge.state.WorkingModel``, the
+donors evaluated together by ``Evaluator.evaluate_group``, the units restored once). Reported:
+``(VmHWM − baseline) / bytes of one fp32 model``, and the same ratio right after loading the base
+(before any swap: what loading alone costs). Target ≤ 1.5 at every N, flat.
 
 Speed (``evals_per_s_ratio_vs_naive``): in one child, the same candidates — *every* decoder layer
 0..11 in forward order (a layer step's order), × the 3 other donors of the 4-donor pool, so 36
@@ -26,18 +28,25 @@ candidates spread evenly over the whole depth — and the same tiny evaluation s
 * ``naive`` — the original olm.py's way, written here: per candidate ``from_pretrained`` the whole
   donor, copy the layer's parameters into the working model, evaluate with
   :func:`olmokit.eval.response_nll` (a full forward), copy the base's back;
-* ``olmokit`` — what a merge's layer step does: lazy unit swap in place (:class:`WorkingModel`
-  ``apply_all``/``restore`` from one ``snapshot`` of the layer per step, clocked with the step's
-  first candidate) and :class:`olmokit.merge.evaluate.Evaluator` (the same
-  ``nll`` metric) with its focus on the layer, so its prefix cache
-  (:mod:`olmokit.merge.prefix`) runs only layers ``i..11``, the final norm and lm_head per
-  candidate. Layer 0's candidates get no reuse (full forwards); at layer ``i > 0`` the first
-  candidate also runs layer ``i - 1`` (to advance the cached prefix), all of it inside the timed
-  evaluation. Scores are checked equal to the naive ones.
+* ``olmokit`` — what a merge's layer step does (:func:`_layer_step`, ``run_merge``'s defaults:
+  prefix cache on, ``candidate_batch`` 8), clocked per step and divided by its 3 candidates: one
+  snapshot of the layer, each donor's layer copied in over the previous one's, and
+  :class:`olmokit.merge.evaluate.Evaluator` ``evaluate_group`` (the same ``nll`` metric) with its
+  focus on the layer: per donor only layer ``i`` runs, on the hidden states entering it (cached
+  per batch by :mod:`olmokit.merge.prefix`; at layer ``i > 0`` the first donor also runs layer
+  ``i - 1`` to advance the cache, at layer 0 the embedding), then layers ``i+1..11``, the final
+  norm and lm_head run once for the 3 donors stacked along the batch; the layer restored once.
+  "swap" is the time of the snapshot, the copy-ins and the restore (each clocked inside the
+  step); "eval" is the rest of the step. Scores are checked equal to the naive ones.
 
-The evaluation set: 2 fixed random samples (12-token context, 4-token response): a tiny set, so the
-figure is mostly about moving weights. Both are timed per candidate, interleaved, with swap/load and
-evaluation clocked apart. The last line is ``RESULT {json}``.
+Also (``es_offspring``): one norm-ES generation of 8 offspring on a middle layer's MLP weight, as
+``MergeSearch.refine`` runs it, evaluated one by one and then grouped, in the same process: seconds
+per offspring each way, and whether the offspring scored the same.
+
+The evaluation set: 2 fixed random samples (12-token context, 4-token response): a tiny set, so
+moving weights weighs more here than with a real evaluation set. The two sides are interleaved layer by layer (the naive
+candidates of a layer, then olmokit's step over the same donors), with swap/load and evaluation
+clocked apart. The last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
