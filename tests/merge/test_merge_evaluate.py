@@ -322,12 +322,15 @@ def test_grouped_evaluation_restores_on_every_failure_path(model_and_sets):
     assert list(ad.layers()) == layers_before
 
 
-def test_grouped_evaluation_in_waves_and_fallbacks(model_and_sets):
+def test_grouped_evaluation_in_waves_and_fallbacks():
     """A memory cap below one batch: one wave per batch, every candidate applied once per wave,
     same scores. No focus (an embedding step), candidate_batch 1, no prefix cache: one by one
     (each applied once), same scores."""
-    model, sets = model_and_sets
-    ev = Evaluator(model, sets, batch_size=BATCH_SIZE, candidate_batch=3)
+    from olmokit.zoo.presets import random_model
+
+    model = random_model("olmo2", "tiny", seed=4)
+    sets, batch = _group_sets(), 3
+    ev = Evaluator(model, sets, batch_size=batch, candidate_batch=3)
     ev.set_focus(1)
     appliers, restore, _, _ = _layer_candidates(model, 1, 3)
     expected = ev.evaluate_group(appliers, restore)
@@ -340,14 +343,14 @@ def test_grouped_evaluation_in_waves_and_fallbacks(model_and_sets):
 
         return apply
 
-    tight = Evaluator(model, sets, batch_size=BATCH_SIZE, candidate_batch=3, group_bytes=1)
+    tight = Evaluator(model, sets, batch_size=batch, candidate_batch=3, group_bytes=1)
     tight.set_focus(1)
     assert tight.evaluate_group([counting(j) for j in range(3)], restore) == expected
-    waves = len(tight._waves([(i, b) for i in (0, 2) for b in range(len(tight.plans[i]))], 3))
-    assert waves == len(tight.plans[0]) + len(tight.plans[2]) and counted == [waves] * 3
+    waves = len(tight._waves([(i, b) for i in (0, 1) for b in range(len(tight.plans[i]))], 3))
+    assert waves == len(tight.plans[0]) + len(tight.plans[1]) == 5 and counted == [waves] * 3
     for kwargs, focus in (({"candidate_batch": 1}, 1), ({}, None), ({"prefix_cache": False}, 1)):
         counted[:] = [0, 0, 0]
-        other = Evaluator(model, sets, batch_size=BATCH_SIZE, **kwargs)
+        other = Evaluator(model, sets, batch_size=batch, **kwargs)
         other.set_focus(focus)
         assert not other.groupable() or kwargs
         got = other.evaluate_group([counting(j) for j in range(3)], restore)
