@@ -279,8 +279,9 @@ class Evaluator:
         1..3 rows computed by another kernel, is kept out: such a tiny batch (one sample with a
         response of 1 or 2 tokens) runs its upper layers per candidate (:meth:`_stackable`). On
         a GPU, whose BLAS picks kernels by shape, stacked rows may differ from lone ones in the
-        last bits (a float32 ulp, far below any metric difference a decision rests on). Generation sets are
-        scored per candidate while it is in place. The candidates' layer outputs are held for a
+        last bits of a float32, so a decision could differ from one-by-one evaluation only
+        between candidates whose metrics lie within that much of each other. Generation sets
+        are scored per candidate while it is in place. The candidates' layer outputs are held for a
         wave of batches at a time (at most ``group_bytes``, at least one batch), so memory stays
         bounded whatever the dataset size; each further wave applies every candidate again. Under
         several processes each rank scores its own batches and one ``all_reduce`` sums all the

@@ -30,6 +30,13 @@ prefix makes the entry stale, and the next pass recomputes from the embedding. (
 :meth:`PrefixCache.clear` after such a write.) A stale entry is never used: the cache can only
 change how much is recomputed, never a score.
 
+Grouped candidates (:meth:`PrefixCache.layer_output`, :meth:`PrefixCache.stacked_pass`, driven by
+:meth:`olmokit.merge.evaluate.Evaluator.evaluate_group`): a candidate's pass is cut right after
+layer ``k`` (a forward hook raises a private exception carrying the layer's output), and one later
+pass runs layers ``k+1 ..`` for several candidates at once, the stand-in at layer ``k`` returning
+their outputs stacked along the batch. With focus ``0`` (a layer-0 step) nothing is cached but the
+candidates are still grouped.
+
 Generation metrics (``exact_match``, ``diversity``) run the full path: their KV-cached decoding
 feeds tokens the model itself chose, which differ between candidates.
 """

@@ -4,8 +4,11 @@ Every step has the same shape (:meth:`MergeSearch.step`):
 
 1. the candidates are the *current* state of the step's units (always first) and every pool member
    whose weights for those units differ from it;
-2. each candidate is applied in place (:class:`~olmokit.merge.state.WorkingModel`), evaluated — or
-   looked up in the evaluation cache by its state key — and undone from a copy of just those units;
+2. each candidate is looked up in the evaluation cache by its state key, or applied in place
+   (:class:`~olmokit.merge.state.WorkingModel`, each over the previous one) and evaluated with the
+   step's other new candidates (grouped: their layers above the step's layer run as one batch,
+   :meth:`olmokit.merge.evaluate.Evaluator.evaluate_group`), then the units are restored once
+   from a copy of just them;
 3. a candidate worse than the current metrics on any dataset beyond ``epsilon`` (and, with
    ``improve_against: current_and_base``, worse than the base's) is rejected; the current state is
    never rejected, so the selected state is never worse than the current one beyond ``epsilon``
@@ -128,7 +131,8 @@ class MergeSearch:
         self, appliers: Sequence[Callable[[], Any]], restore: Callable[[], Any]
     ) -> list[Metrics]:
         """Metrics of the candidates the ``appliers`` put in place (``restore`` puts the current
-        state back, once, also on failure): see :meth:`olmokit.merge.evaluate.Evaluator.evaluate_group`."""
+        state back, once, also on failure): see
+        :meth:`olmokit.merge.evaluate.Evaluator.evaluate_group`."""
         if not appliers:
             return []
         return [clean_metrics(m, self.datasets) for m in self._evaluate_group(appliers, restore)]
