@@ -1,8 +1,8 @@
 """Neural-memory speed and memory: olmokit's chunked engine vs titans-pytorch and vs a per-token loop.
 
-Run: ``nice python benchmarks/memory_speed.py`` (about 40 minutes on a loaded 2-core machine, less
-idle; the titans ``chunk_size=1`` children peak at ~13 GB RSS; ``--smoke`` checks the harness in a
-minute; ``--check`` runs only the fp64 semantics check below). Needs the ``bench`` extra for
+Run: ``nice python benchmarks/memory_speed.py`` (34 minutes at load 6–10 on a shared 2-core machine,
+less idle; its table is in docs/memory.md; the titans ``chunk_size=1`` children peak at ~13 GB RSS;
+``--smoke`` checks the harness in a minute; ``--check`` runs only the fp64 semantics check below). Needs the ``bench`` extra for
 titans-pytorch (``pip install --no-deps titans-pytorch tensordict assoc-scan einx x-transformers
 hyper-connections axial-positional-embedding rotary-embedding-torch pyvers frozendict loguru
 torch-einops-utils`` keeps the installed torch).

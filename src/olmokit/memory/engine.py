@@ -29,6 +29,11 @@ terms), so ||s_t u_t|| < c and grows like ||u_t|| when small; it folds into θ. 
 blowing the weights up (NaN) without a hard, non-smooth cut.
 
 Reference semantics for all of this: :mod:`olmokit.memory.reference` (per-token autograd loop).
+
+All of the above is ``granularity="token"``. :func:`memory_scan_per_chunk` / :func:`chunk_step` (end of
+this module) implement ``granularity="chunk"``: the same chunk-start gradients, summed and applied as
+one update per chunk with gates from the chunk's mean logits (titans-pytorch's ``chunk_size=b,
+batch_size=b``).
 """
 
 from __future__ import annotations

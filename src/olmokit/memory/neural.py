@@ -8,7 +8,11 @@ by :mod:`olmokit.memory.engine` (closed-form chunked update). Nothing is run und
 detached: the outer loss reaches every parameter through the inner updates unless the caller detaches
 the state.
 
-Three calls: ``mem(x, state)`` stores and retrieves (y_t = M_t(q_t), after writing x_t);
+``config.granularity`` picks the update: "token" (default; per-token gates, momentum and decay, the
+Titans equations) or "chunk" (one update per chunk, titans-pytorch's ``chunk_size=b, batch_size=b``).
+
+Three calls: ``mem(x, state)`` stores and retrieves (y_t = M_t(q_t), after writing x_t; per chunk:
+with the weights after the last chunk that ended at or before t);
 ``mem.store(x, state)`` writes only; ``mem.retrieve(x, state)`` reads with the state's current weights
 (MAC's M*_{t-1}(q)). The engine math runs in fp32 (fp64 if the module is fp64) whatever x's dtype;
 outputs are cast back to x's dtype.
