@@ -142,8 +142,13 @@ def test_current_weights_match_reference(granularity):
         assert maxdiff(a, b) < 1e-12
 
 
-def test_every_parameter_gets_gradient_in_fp32():
-    mem = NeuralMemory(NeuralMemoryConfig(dim=12, heads=2, head_dim=4, hidden=8, conv_kernel=3))
+@pytest.mark.parametrize("granularity", ["token", "chunk"])
+def test_every_parameter_gets_gradient_in_fp32(granularity):
+    mem = NeuralMemory(
+        NeuralMemoryConfig(
+            dim=12, heads=2, head_dim=4, hidden=8, conv_kernel=3, granularity=granularity
+        )
+    )
     y, state = mem(torch.randn(2, 9, 12), chunk_size=4)
     y2, _ = mem(torch.randn(2, 5, 12), state, chunk_size=4)
     (y.square().sum() + y2.square().sum()).backward()
@@ -161,8 +166,13 @@ def test_bf16_input_keeps_fp32_state():
     assert maxdiff(y16.float(), y32) < 0.1 * y32.abs().max().item()
 
 
-def test_huge_inputs_stay_finite():
-    mem = NeuralMemory(NeuralMemoryConfig(dim=12, heads=2, head_dim=4, hidden=8, max_lr=10.0))
+@pytest.mark.parametrize("granularity", ["token", "chunk"])
+def test_huge_inputs_stay_finite(granularity):
+    mem = NeuralMemory(
+        NeuralMemoryConfig(
+            dim=12, heads=2, head_dim=4, hidden=8, max_lr=10.0, granularity=granularity
+        )
+    )
     with torch.no_grad():
         mem.to_v.weight.mul_(1e4)
         mem.to_theta.bias.fill_(10.0)
@@ -173,10 +183,19 @@ def test_huge_inputs_stay_finite():
     assert all(torch.isfinite(p.grad).all() for p in mem.parameters())
 
 
-def test_unclipped_huge_update_is_what_the_clip_prevents():
+@pytest.mark.parametrize("granularity", ["token", "chunk"])
+def test_unclipped_huge_update_is_what_the_clip_prevents(granularity):
     """Without the soft clip the same setting diverges — so the test above is not vacuous."""
     mem = NeuralMemory(
-        NeuralMemoryConfig(dim=12, heads=2, head_dim=4, hidden=8, max_lr=10.0, grad_clip=None)
+        NeuralMemoryConfig(
+            dim=12,
+            heads=2,
+            head_dim=4,
+            hidden=8,
+            max_lr=10.0,
+            grad_clip=None,
+            granularity=granularity,
+        )
     )
     with torch.no_grad():
         mem.to_v.weight.mul_(1e4)
