@@ -6,10 +6,14 @@ Run: ``python benchmarks/memory_passkey.py [--out runs/memory-passkey] [--smoke]
 * **Base** (:func:`olmokit.memory.demo.make_demo_base`): a tiny OLMo-3 whose every layer is
   ``sliding_attention`` with window ``W`` (default 32), trained with HF ``Trainer`` on in-window
   passkey and MQAR over the synthetic :class:`~olmokit.data.longctx.TaskVocab` (32 values: chance
-  is 1/32). Reused from ``OUT/base`` when built with the same settings.
-* **Memory** (:mod:`olmokit.memory`): MAG at layer 1 (written and read from the frozen base's
-  contextual hidden states), segments of one window; only the memory trains, on the task, with the
-  evidence 1-8 windows away (passkey) or 8-9 windows away (MQAR, 1-32 pairs per example).
+  is 1/32). Reused from ``OUT/base`` when built with the same settings. The passkey uses a 2-layer
+  base (600 steps); MQAR a 3-layer one (2000 steps, ``OUT/base-mqar``), since the 2-layer base
+  barely solves MQAR even inside its window.
+* **Memory** (:mod:`olmokit.memory`): MAG (written and read from the frozen base's contextual
+  hidden states; the read RMS-normalised before its gate, ``retrieval_norm``), segments of one
+  window; only the memory trains, on the task. Passkey: layer 1 of 2, 4 heads, the evidence 1-8
+  windows away, ``--steps`` (1200). MQAR: layer 2 of 3, 2 heads (head width 32), MLP hidden 128,
+  1-8 pairs per example 8-9 windows away, ``--mqar-steps`` (600).
 * **Conditions**: ``base`` — the windowed base alone (the memory disabled; segments of ``W``);
   ``memory`` — the memory carried across segments; ``reset`` — the memory reset at every segment
   (it can only see the current window, like the base); ``shuffled`` — at the start of the segment
@@ -62,6 +66,8 @@ from olmokit.memory.demo import (
 from olmokit.plots import plot_recall_vs_distance, plot_recall_vs_pairs
 
 TEXT_BASE = "olmo2-stdlib"
+#: seed of every test set (one test set whatever the memory's --seed; training data follows --seed)
+EVAL_SEED = 0
 
 
 def log(*args: Any) -> None:
@@ -95,23 +101,29 @@ def rows(ds) -> list[dict[str, torch.Tensor]]:
 def passkey_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]:
     w, vocab, seed = base.window, base.vocab, mem.seed
     mm = attach_demo_memory(load_demo_base(base), w, mem)
-    train = passkey_set(vocab, w, (w, 8 * w), mem.steps * mem.batch_size, seed, "pk-train")
+    lo, hi = args.pk_train_windows
+    n = mem.steps * mem.batch_size
+    train = passkey_set(vocab, w, (lo * w, hi * w), n, seed, "pk-train", args.pk_boundary)
     t = time.time()
     summary = train_demo_memory(mm, train, mem, out / "work-passkey")
     log(f"passkey: memory trained in {time.time() - t:.0f}s, loss {summary['train_loss']:.3f}")
     mm.save_pretrained(out / "passkey-memory")  # the adapter, to re-evaluate without retraining
     mm.eval()
     d = args.distance
-    test = rows(passkey_set(vocab, w, (d * w, (d + 1) * w), args.n_eval, seed, "pk-test"))
+    test = rows(passkey_set(vocab, w, (d * w, (d + 1) * w), args.n_eval, EVAL_SEED, "pk-test"))
     result = {"distance_windows": d, **conditions(mm, test, args.batch_size)}
     curve: dict[str, list[float]] = {"memory": [], "base": []}
     for k in args.curve_distances:
-        items = rows(passkey_set(vocab, w, (k * w, (k + 1) * w), args.n_curve, seed, f"pk-{k}"))
+        items = rows(
+            passkey_set(vocab, w, (k * w, (k + 1) * w), args.n_curve, EVAL_SEED, f"pk-{k}")
+        )
         curve["memory"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
         with mm.disabled():
             curve["base"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
     result["curve"] = {"windows": list(args.curve_distances), **curve}
     result["train_loss"] = summary["train_loss"]
+    result["train_windows"] = list(args.pk_train_windows)
+    result["train_boundary_fraction"] = args.pk_boundary
     result["memory_settings"] = asdict(mem)
     plot_recall_vs_distance(
         args.curve_distances, curve, out / "recall_vs_distance.png", chance=vocab.chance()
@@ -130,11 +142,11 @@ def mqar_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]
     summary = train_demo_memory(mm, train, mem, out / "work-mqar")
     log(f"mqar: memory trained in {time.time() - t:.0f}s, loss {summary['train_loss']:.3f}")
     mm.eval()
-    test = rows(mqar_set(vocab, w, args.pairs, dist, args.n_eval, seed, "mq-test"))
+    test = rows(mqar_set(vocab, w, args.pairs, dist, args.n_eval, EVAL_SEED, "mq-test"))
     result = {"pairs": args.pairs, **conditions(mm, test, args.batch_size)}
     curve: dict[str, list[float]] = {"memory": [], "base": []}
     for n in args.curve_pairs:
-        items = rows(mqar_set(vocab, w, n, dist, args.n_curve, seed, f"mq-{n}"))
+        items = rows(mqar_set(vocab, w, n, dist, args.n_curve, EVAL_SEED, f"mq-{n}"))
         curve["memory"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
         with mm.disabled():
             curve["base"].append(span_accuracy(lambda ids: mm(ids).logits, items, 32, mm).accuracy)
@@ -218,12 +230,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--window", type=int, default=32)
     p.add_argument("--distance", type=int, default=32, help="passkey distance in windows")
     p.add_argument("--pairs", type=int, default=8)
-    p.add_argument("--steps", type=int, default=600, help="memory training steps per task")
-    p.add_argument("--mqar-steps", type=int, default=None, help="default: --steps")
+    p.add_argument("--steps", type=int, default=1200, help="passkey memory training steps")
+    p.add_argument("--mqar-steps", type=int, default=600, help="MQAR memory training steps")
     p.add_argument("--mqar-batch-size", type=int, default=16)
     p.add_argument(
-        "--mqar-train-pairs", type=int, nargs=2, default=[1, 32], help="pairs per training example"
+        "--mqar-train-pairs", type=int, nargs=2, default=[1, 8], help="pairs per training example"
     )
+    p.add_argument(
+        "--mqar-base-layers",
+        type=int,
+        default=3,
+        help="layers of the MQAR task base (built in OUT/base-mqar when it differs from --base-layers)",
+    )
+    p.add_argument("--mqar-base-steps", type=int, default=2000)
+    p.add_argument("--mqar-mem-layer", type=int, default=2, help="decoder layer of the MQAR memory")
+    p.add_argument("--mqar-mem-heads", type=int, default=2)
+    p.add_argument("--mqar-mem-hidden", type=int, default=128)
+    p.add_argument(
+        "--pk-train-windows",
+        type=int,
+        nargs=2,
+        default=[1, 8],
+        help="passkey training distances, in windows (lo hi)",
+    )
+    p.add_argument(
+        "--pk-boundary",
+        type=float,
+        default=0.0,
+        help="fraction of passkey training needles on a segment's first/last token",
+    )
+    p.add_argument("--seed", type=int, default=DemoMemorySettings.seed, help="memory seed")
+    p.add_argument(
+        "--mem-layer",
+        type=int,
+        default=DemoMemorySettings.layer,
+        help="decoder layer of the passkey memory",
+    )
+    p.add_argument("--mem-hidden", type=int, default=DemoMemorySettings.hidden)
+    p.add_argument("--mem-heads", type=int, default=DemoMemorySettings.heads)
     p.add_argument("--lr", type=float, default=DemoMemorySettings.learning_rate)
     p.add_argument(
         "--conv-kernel",
@@ -253,7 +297,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     args.curve_distances = [1, 2, 4, 8, 16, 32, 64]
     args.curve_pairs = [1, 2, 4, 8, 16, 32]
-    mem = DemoMemorySettings(steps=args.steps, learning_rate=args.lr, conv_kernel=args.conv_kernel)
+    mem = DemoMemorySettings(
+        steps=args.steps,
+        learning_rate=args.lr,
+        conv_kernel=args.conv_kernel,
+        seed=args.seed,
+        layer=args.mem_layer,
+        hidden=args.mem_hidden,
+        heads=args.mem_heads,
+    )
     base_settings = DemoBaseSettings(
         window=args.window,
         steps=args.base_steps,
@@ -266,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.text_steps, args.text_train_docs = 2, 2
         args.curve_distances, args.curve_pairs = [1, 4], [1, 8]
         base_settings = replace(base_settings, window=16, steps=3, batch_size=4, max_pairs=2)
+        args.mqar_base_steps, args.mqar_mem_layer = 3, 1
         mem = replace(mem, steps=2, batch_size=2)
         args.mqar_steps, args.mqar_batch_size = 2, 2
         args.text_window = 16
@@ -274,6 +327,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
     base = make_demo_base(out / "base", base_settings, log=log)
     results: dict[str, Any] = {"base": base.info}
+    mqar_base_settings = replace(
+        base_settings, num_layers=args.mqar_base_layers, steps=args.mqar_base_steps
+    )
+    mqar_base = base
+    if mqar_base_settings != base_settings and (not args.only or "mqar" in args.only):
+        # MQAR needs a deeper base than the passkey (the 2-layer base barely solves it in-window)
+        mqar_base = make_demo_base(out / "base-mqar", mqar_base_settings, log=log)
+        results["base_mqar"] = mqar_base.info
     stages = [] if args.summarize else (args.only or list(STAGES))
     for name in stages:
         if name == "text":
@@ -281,8 +342,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             stage = text_stage(stage_mem, args, out)
         elif name == "mqar":
             steps = args.mqar_steps or mem.steps
-            stage_mem = replace(mem, steps=steps, batch_size=args.mqar_batch_size)
-            stage = mqar_stage(base, stage_mem, args, out)
+            stage_mem = replace(
+                mem,
+                steps=steps,
+                batch_size=args.mqar_batch_size,
+                layer=args.mqar_mem_layer,
+                heads=args.mqar_mem_heads,
+                hidden=args.mqar_mem_hidden,
+            )
+            stage = mqar_stage(mqar_base, stage_mem, args, out)
         else:
             stage = passkey_stage(base, mem, args, out)
         shutil.rmtree(out / f"work-{name}", ignore_errors=True)

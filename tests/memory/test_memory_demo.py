@@ -83,6 +83,26 @@ def test_task_sets_are_whole_segments_at_the_asked_distance():
     assert {mq.example(i).info["n_pairs"] for i in range(8)} <= set(range(1, 9))
 
 
+def test_passkey_boundary_fraction_puts_needles_on_segment_edges():
+    """``boundary``: that share of needles on a segment's first/last token (uniform: ~2/16 of
+    them), still at the asked distance; every example is drawn from its own generator."""
+    v, n = SMOKE.vocab, 400
+    edge_share = {}
+    for frac in (0.0, 0.5, 1.0):
+        ds = passkey_set(v, 16, (64, 96), n, 0, "t", boundary=frac)
+        offsets = [ds.example(i).evidence_positions[0] % 16 for i in range(n)]
+        edge_share[frac] = sum(o in (0, 15) for o in offsets) / n
+        assert all(64 <= ds.example(i).info["distance"] <= 96 for i in range(0, n, 37))
+    assert edge_share[1.0] == 1.0
+    assert 0.05 < edge_share[0.0] < 0.2 and 0.45 < edge_share[0.5] < 0.65
+    again = passkey_set(v, 16, (64, 96), n, 0, "t", boundary=0.5)
+    assert torch.equal(
+        again[7]["input_ids"], passkey_set(v, 16, (64, 96), n, 0, "t", 0.5)[7]["input_ids"]
+    )
+    with pytest.raises(ConfigError, match="segment edge"):
+        passkey_set(v, 16, (20, 20), 4, 0, "t", boundary=0.5)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "base"

@@ -314,12 +314,39 @@ def padded_length(n: int, window: int) -> int:
 
 
 def passkey_set(
-    vocab: TaskVocab, window: int, distance: tuple[int, int], n: int, seed: int, salt: str
+    vocab: TaskVocab,
+    window: int,
+    distance: tuple[int, int],
+    n: int,
+    seed: int,
+    salt: str,
+    boundary: float = 0.0,
 ) -> TaskDataset:
     """Passkeys ``distance`` tokens from their query, at every offset inside a segment (a range of
-    at least one window spreads the needle over all offsets)."""
+    at least one window spreads the needle over all offsets).
+
+    ``boundary``: the fraction of examples whose needle value sits on the last or the first token
+    of a segment (the rest: uniform). Why: a memory trained on uniform offsets learned to write
+    one token *after* the value, gated on the base's in-segment context ("my previous token was a
+    needle value"); that context is gone at the first token of a segment, so needles on a
+    segment's last token were lost (most of the misses of the first runs). Oversampling the
+    boundaries makes that shortcut costly; the value token's own identity gates a write at any
+    offset.
+    """
     length = padded_length(passkey_length(distance), window)
-    return TaskDataset(lambda g: passkey_example(g, vocab, length, distance), n, seed, salt)
+    lo, hi = distance
+    answer = length - 1  # one digit: the answer is the last token
+    edge = [d for d in range(lo, hi + 1) if (answer - d) % window in (0, window - 1)]
+    if boundary > 0 and not edge:
+        raise ConfigError(f"no passkey distance in {distance} puts the needle on a segment edge")
+
+    def make(g: torch.Generator) -> LongContextExample:
+        if boundary > 0 and float(torch.rand((), generator=g)) < boundary:
+            d = edge[int(torch.randint(0, len(edge), (), generator=g))]
+            return passkey_example(g, vocab, length, d)
+        return passkey_example(g, vocab, length, distance)
+
+    return TaskDataset(make, n, seed, salt)
 
 
 def mqar_set(
