@@ -36,7 +36,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from olmokit.data.tasks import get_task
-from olmokit.eval import exact_match, mc_accuracy
+from olmokit.eval import choice_logprobs, exact_match, mc_accuracy
 from olmokit.family import get_adapter
 from olmokit.jola import (
     JoLASettings,
@@ -89,6 +89,13 @@ def task_data(
         list(valid_ex),
         list(task.heldout[:test_limit]),
     )
+
+
+def answer_nll(model: Any, tok: Any, examples: list) -> float:
+    """Mean negative log-likelihood (nats, summed over the answer's tokens) of the reference answer:
+    a continuous view of a generation task, where exact match can sit at 0 for every method."""
+    lp = choice_logprobs(model, tok, examples, batch_size=32, loss_on="answer")
+    return -sum(x[ex.answer] for x, ex in zip(lp, examples)) / max(1, len(examples))
 
 
 def score(model: Any, tok: Any, examples: list, generative: bool, loss_on: str = "answer") -> float:
@@ -172,10 +179,9 @@ def train_method(
     model = load_model(None, device=device)
     out = f"/tmp/jola_quality/{data.name}-{method}-{seed}"
     res: dict[str, Any] = {}
-    if method.startswith("jola:"):  # a grid point: jola:<gate_lambda>
-        settings = (settings or JoLASettings()).model_copy(
-            update={"gate_lambda": float(method.split(":", 1)[1])}
-        )
+    if method.startswith("jola:"):  # a grid point: jola:<gate_lambda> or jola:key=value/...
+        upd, lr, steps = parse_variant(method, lr, steps)
+        settings = (settings or JoLASettings()).model_copy(update=upd)
         method = "jola"
     if method in ("jola", "dense", "ungated", "lofit"):
         base = settings or JoLASettings()
@@ -192,6 +198,8 @@ def train_method(
                 model, _args(out, seed, steps, bs, lr, eval_every), data, tok, s, patience
             )
             tr.train()
+            res["best_step"] = (tr.best or {}).get("step")
+            res["steps_run"] = tr.state.global_step
         else:
             _freeze_gates_open(model)
             half = steps // 2
@@ -264,6 +272,8 @@ def train_method(
         tr.add_callback(best)
         tr.train()
         best.restore()
+        res["best_step"] = best.best_step
+        res["steps_run"] = tr.state.global_step
     if method in ("jola", "dense", "ungated", "lofit"):
         # heads whose edit is not the identity at evaluation (LoFiT: must equal the selection)
         res["edited_heads"] = int(
@@ -276,7 +286,41 @@ def train_method(
     res["test"] = score(model, tok, data.test, data.generative)
     if not data.generative:  # the standard whole-turn scoring too, to show what the tail does
         res["test_turn"] = score(model, tok, data.test, False, "turn")
+    else:
+        res["test_nll"] = answer_nll(model, tok, data.test)
     return res
+
+
+#: short keys of a ``jola:key=value/...`` grid point -> JoLASettings fields
+VARIANT_KEYS = {
+    "lam": "gate_lambda",
+    "glr": "gate_learning_rate",
+    "temp": "temperature",
+    "init": "log_alpha_init",
+}
+
+
+def parse_variant(method: str, lr: float, steps: int) -> tuple[dict[str, Any], float, int]:
+    """``jola:3e-2`` (a gate_lambda) or ``jola:lam=3e-2/lr=1e-2/glr=0.1/temp=0.5/init=-1/steps=300``
+    -> (JoLASettings update, A/v learning rate, max steps)."""
+    spec = method.split(":", 1)[1]
+    if "=" not in spec:
+        return {"gate_lambda": float(spec)}, lr, steps
+    upd: dict[str, Any] = {}
+    for item in spec.split("/"):
+        key, val = item.split("=", 1)
+        if key == "lr":
+            lr = float(val)
+        elif key == "steps":
+            steps = int(val)
+        elif key == "init" and val == "xavier":
+            upd["log_alpha_init"] = val
+        elif key in VARIANT_KEYS:
+            upd[VARIANT_KEYS[key]] = float(val)
+        else:
+            raise SystemExit(f"unknown grid key {key!r} in {method!r}; valid: lr, steps, "
+                             + ", ".join(VARIANT_KEYS))  # fmt: skip
+    return upd, lr, steps
 
 
 def _log_alphas(model: Any) -> torch.Tensor:
@@ -291,6 +335,7 @@ class _BestPeft(TrainerCallback):
     def __init__(self, model: Any, patience: int | None):
         self.model, self.patience = model, patience
         self.best: tuple[float, dict[str, torch.Tensor]] | None = None
+        self.best_step: int | None = None
         self.bad = 0
 
     def _trainable(self) -> dict[str, torch.Tensor]:
@@ -302,6 +347,7 @@ class _BestPeft(TrainerCallback):
             return
         if self.best is None or loss < self.best[0]:
             self.best, self.bad = (loss, self._trainable()), 0
+            self.best_step = state.global_step
         else:
             self.bad += 1
             if self.patience is not None and self.bad >= self.patience:
@@ -393,6 +439,8 @@ def main() -> None:
             base[name] = score(bm, tok, data.test, data.generative)
             if not data.generative:
                 base[name + ":turn"] = score(bm, tok, data.test, False, "turn")
+            else:
+                base[name + ":nll"] = answer_nll(bm, tok, data.test)
             print(f"# {name} base {base[name]:.3f}", file=sys.stderr, flush=True)
         for seed in range(a.first_seed, a.first_seed + a.seeds):
             for m in methods:
@@ -405,7 +453,8 @@ def main() -> None:
                         json.dump({"base": base, "runs": runs}, f)
                 print(
                     f"# {name} seed {seed} {m}: test {r['test']:.3f} valid {r['valid']:.3f} "
-                    f"open {r.get('open_heads')} ({time.time() - t0:.0f}s)",
+                    f"open {r.get('open_heads')} best step {r.get('best_step')}/"
+                    f"{r.get('steps_run')} ({time.time() - t0:.0f}s)",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -428,7 +477,10 @@ def plot_runs(base: dict[str, float], runs: dict[str, Any], path: str) -> None:
         for m, rs in by_method.items():
             lam = {"dense": 0.0, "jola": default}.get(m)
             if m.startswith("jola:"):
-                lam = float(m.split(":", 1)[1])
+                upd, lr, steps = parse_variant(m, 0.0, 0)
+                if set(upd) != {"gate_lambda"} or lr or steps:
+                    continue  # other settings changed: not a point of the default's lambda curve
+                lam = upd["gate_lambda"]
             if lam is None or not rs:
                 continue
             pts.append((statistics.mean(r["open_heads"] for r in rs),
@@ -527,6 +579,25 @@ def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
                 entry["jola_std"] = round(sd, 4) if len(rs) > 1 else None
                 entry["open_head_fraction"] = round(statistics.mean(oh) / heads, 4)
         result[name] = entry
+    nll_rows = []
+    for name, by_method in runs.items():
+        if name + ":nll" not in base:
+            continue
+        nll_rows.append(f"| {name} | base | - | {base[name + ':nll']:.2f} |")
+        for m, rs in by_method.items():
+            xs = [r["test_nll"] for r in rs if "test_nll" in r]
+            if xs:
+                mu, sd = _ms(xs)
+                nll_rows.append(f"| {name} | {m} | {len(xs)} | {mu:.2f} ± {sd:.2f} |")
+    if nll_rows:
+        lines += [
+            "",
+            "Generation tasks, teacher-forced: the reference answer's negative log-likelihood on the "
+            "held-out split (nats per answer, lower is better; runs that recorded it)\n",
+            "| task | method | seeds | answer NLL |",
+            "|---|---|---|---|",
+            *nll_rows,
+        ]
     lines.append("")
     lines.append("RESULT " + json.dumps(result))
     return "\n".join(lines)
