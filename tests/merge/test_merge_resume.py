@@ -195,6 +195,18 @@ def test_resume_refuses_a_changed_config(small_run, tmp_path):
         run_merge(MergeConfig.from_dict({**cfg, "epsilon": 0.1}), resume=True, progress=False)
 
 
+def test_resume_refuses_a_changed_candidate_batch(small_run, tmp_path):
+    """Grouped scores may differ from one-by-one ones in the last float32 bit (BLAS kernels chosen
+    by shape), so a resume must group candidates as the run did: the key is part of the hash."""
+    run, cfg = _copy(small_run, tmp_path)
+    before = (run / "merge_report.json").read_bytes()
+    with pytest.raises(ReportError, match="candidate_batch: saved 8, now 1"):
+        run_merge(
+            MergeConfig.from_dict({**cfg, "candidate_batch": 1}), resume=True, progress=False
+        )
+    assert (run / "merge_report.json").read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "content, match",
     [

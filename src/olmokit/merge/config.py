@@ -147,8 +147,9 @@ class MergeConfig(OlmokitConfig):
         8,
         ge=1,
         description="candidates evaluated together: their layers above the step's layer run as "
-        "one batch (same scores; memory: this many copies of the cached hidden states, at most "
-        "1 GiB at a time); 1 evaluates one at a time",
+        "one batch (the same scores up to the last float32 bit; memory: this many copies of the "
+        "cached hidden states, at most 1 GiB at a time); 1 evaluates one at a time; fixed for a "
+        "run (changing it on --resume is refused)",
     )
     output_dir: str = Field("runs/merge", description="run directory")
 

@@ -75,7 +75,9 @@ REPORT_FILE = "merge_report.json"
 SCHEMA_VERSION = 1
 TOOL = "olmokit.merge"
 #: Config keys that may change between a run and its resume without changing any decision.
-IGNORE_IN_HASH = ("output_dir", "device", "candidate_batch")
+#: (``candidate_batch`` is hashed: stacked rows may round differently in the last float32 bit on
+#: some BLAS kernels, so a resume must group candidates as the run did to stay bit-identical.)
+IGNORE_IN_HASH = ("output_dir", "device")
 #: Keys every report has (a file without them is not a merge report).
 _REQUIRED = ("schema_version", "tool", "config_hash", "pool", "base", "layers", "units")
 
