@@ -357,9 +357,7 @@ def _es_offspring(wm, evaluator, layer: int, lam: int = 8) -> dict:
         "speedup": out["one_by_one"] / out["grouped"],
         "same_scores": histories[0] == histories[1],
         # grouped rows may round differently in the last float32 bit (BLAS kernels by shape)
-        "max_score_difference": max(
-            abs(a - b) for a, b in zip(histories[0][0], histories[1][0])
-        ),
+        "max_score_difference": max(abs(a - b) for a, b in zip(histories[0][0], histories[1][0])),
         "same_accepted_ops": histories[0][1] == histories[1][1],
     }
 

@@ -201,9 +201,7 @@ def test_resume_refuses_a_changed_candidate_batch(small_run, tmp_path):
     run, cfg = _copy(small_run, tmp_path)
     before = (run / "merge_report.json").read_bytes()
     with pytest.raises(ReportError, match="candidate_batch: saved 8, now 1"):
-        run_merge(
-            MergeConfig.from_dict({**cfg, "candidate_batch": 1}), resume=True, progress=False
-        )
+        run_merge(MergeConfig.from_dict({**cfg, "candidate_batch": 1}), resume=True, progress=False)
     assert (run / "merge_report.json").read_bytes() == before
 
 
