@@ -188,6 +188,15 @@ class PrefixCache:
         if not k:  # None or 0: nothing below the focus to reuse
             yield
             return
+        with self._reusing(slot, k):
+            yield
+
+    @contextmanager
+    def _reusing(self, slot: Hashable, k: int) -> Iterator[None]:
+        """The pass of batch ``slot`` with layers ``0 .. k-1`` reused: those a valid entry covers
+        are stand-ins (the last replays the entry), and the hidden states entering layer ``k`` are
+        captured for the slot's next passes when the pass runs layer ``k - 1`` for real. The entry
+        is stored only when the wrapped block exits normally."""
         entry = self._entries.get(slot)
         if entry is not None and not (
             entry.start <= k and entry.signature == self.signature(entry.start)
@@ -202,7 +211,7 @@ class PrefixCache:
         if start < k:
 
             def capture(_module: nn.Module, _args: Any, output: Any) -> None:
-                captured.append(output.detach())
+                captured.append(_hidden(output).detach())
 
             handle = layers[k - 1].register_forward_hook(capture)
         try:
@@ -248,49 +257,22 @@ class PrefixCache:
         k = self.focus
         if k is None or k >= self.adapter.num_layers:
             raise ValueError(f"layer_output needs a focus in 0..num_layers-1, got {k}")
-        entry = self._entries.get(slot)
-        if entry is not None and not (
-            entry.start <= k and entry.signature == self.signature(entry.start)
-        ):
-            del self._entries[slot]
-            entry = None
-        start = entry.start if entry is not None else 0
-        layers = self.adapter.layers()
-        originals = [layers[j] for j in range(start)]
-        captured: list[torch.Tensor] = []
-        handles = []
 
         def stop(_module: nn.Module, _args: Any, output: Any) -> None:
             raise _Stop(_hidden(output).detach())
 
-        if start < k:
-
-            def capture(_module: nn.Module, _args: Any, output: Any) -> None:
-                captured.append(_hidden(output).detach())
-
-            handles.append(layers[k - 1].register_forward_hook(capture))
-        handles.append(layers[k].register_forward_hook(stop))
+        handle = self.adapter.layers()[k].register_forward_hook(stop)
         out: torch.Tensor | None = None
         try:
-            if entry is not None:
-                for j in range(start - 1):
-                    layers[j] = _PASS
-                layers[start - 1] = _Replay(entry.hidden)
-                self.suffix_passes += 1
-                self.layers_skipped += start
-            try:
-                run()
-            except _Stop as stopped:
-                out = stopped.output
+            with self._reusing(slot, k):
+                try:
+                    run()
+                except _Stop as stopped:  # caught inside, so the entry entering k is kept
+                    out = stopped.output
         finally:
-            for j, module in enumerate(originals):
-                layers[j] = module
-            for handle in handles:
-                handle.remove()
+            handle.remove()
         if out is None:
             raise RuntimeError(f"prefix cache: the pass of batch {slot!r} never reached layer {k}")
-        if len(captured) == 1:
-            self._entries[slot] = _Entry(k, captured[0], self.signature(k))
         return out
 
     @contextmanager
