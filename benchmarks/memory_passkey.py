@@ -124,6 +124,7 @@ def passkey_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, A
     result["train_loss"] = summary["train_loss"]
     result["train_windows"] = list(args.pk_train_windows)
     result["train_boundary_fraction"] = args.pk_boundary
+    result["carry_context"] = mm.carry_context
     result["memory_settings"] = asdict(mem)
     plot_recall_vs_distance(
         args.curve_distances, curve, out / "recall_vs_distance.png", chance=vocab.chance()
@@ -153,6 +154,7 @@ def mqar_stage(base, mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]
     result["curve"] = {"pairs": list(args.curve_pairs), **curve}
     result["train_loss"] = summary["train_loss"]
     result["train_pairs"] = list(args.mqar_train_pairs)
+    result["carry_context"] = mm.carry_context
     result["memory_settings"] = asdict(mem)
     plot_recall_vs_pairs(args.curve_pairs, curve, out / "recall_vs_pairs.png", vocab.chance())
     log(f"mqar, {args.pairs} pairs 8-9 windows later: {json.dumps(result)}")
@@ -174,6 +176,7 @@ def text_stage(mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]:
         conv_kernel=mem.conv_kernel,
         chunk_train=w // 2,
         chunk_prefill=w // 2,
+        carry_context=mem.carry_context,
         init_seed=mem.seed,
     )
     mm = attach_memory(model, settings)
@@ -211,6 +214,7 @@ def text_stage(mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]:
         "loss_reset": reset.mean,
         "stderr_paired": paired_stderr(base_loss.per_example, mem_loss.per_example),
         "stderr_base": mean_stderr(base_loss.per_example)[1],
+        "carry_context": mm.carry_context,
         "train_loss": summary["train_loss"],
         "train_blocks": len(train_docs),
         "memory_settings": settings.model_dump(),
@@ -221,6 +225,10 @@ def text_stage(mem: DemoMemorySettings, args, out: Path) -> dict[str, Any]:
 
 
 STAGES = {"passkey": passkey_stage, "mqar": mqar_stage, "text": text_stage}
+
+
+def _carry(value: str) -> int | str:
+    return value if value == "auto" else int(value)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -275,6 +283,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=DemoMemorySettings.conv_kernel,
         help="q/k/v short convolution of the task memories (0 = off)",
     )
+    p.add_argument(
+        "--carry-context",
+        type=_carry,
+        default=DemoMemorySettings.carry_context,
+        help="memory.carry_context of every stage: tokens before a segment its attention also "
+        "sees (0 = isolated segments; 'auto' = the base's sliding window, the segment without one)",
+    )
     p.add_argument("--text-steps", type=int, default=200)
     p.add_argument("--base-steps", type=int, default=DemoBaseSettings.steps)
     p.add_argument("--base-layers", type=int, default=DemoBaseSettings.num_layers)
@@ -305,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         layer=args.mem_layer,
         hidden=args.mem_hidden,
         heads=args.mem_heads,
+        carry_context=args.carry_context,
     )
     base_settings = DemoBaseSettings(
         window=args.window,

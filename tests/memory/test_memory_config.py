@@ -156,3 +156,21 @@ def test_gate_biases_are_settings_checked_and_reach_the_engine():
         for name, want in (("to_alpha", -8.0), ("to_eta", 1.5), ("to_theta", -0.5)):
             bias = getattr(layer.memory, name).bias
             assert torch.equal(bias, torch.full_like(bias, want)), name
+
+
+def test_carry_context_is_checked_and_auto_resolves_to_the_window():
+    with pytest.raises(ConfigError, match="carry_context must be >= 0"):
+        MemorySettings.from_dict({"carry_context": -1})
+    with pytest.raises(ConfigError, match=r"MAC attends per segment over \[persistent"):
+        MemoryConfig.from_dict({"memory": {"mode": "mac", "carry_context": "auto"}})
+    with pytest.raises(ConfigError, match="persistent_tokens is not supported"):
+        MemorySettings.from_dict({"mode": "mal", "carry_context": 4, "persistent_tokens": 2})
+    chunks = {"chunk_train": 4, "chunk_prefill": 4}
+    olmo3 = random_model("olmo3", "tiny", seed=0)
+    olmo2 = random_model("olmo2", "tiny", seed=0)
+    assert MemorySettings(**chunks).resolve(olmo3).carry_context == 0  # off by default
+    assert MemorySettings(carry_context="auto", **chunks).resolve(olmo3).carry_context == 8
+    auto2 = MemorySettings(carry_context="auto", segment_len=12, chunk_train=4, chunk_prefill=4)
+    assert auto2.resolve(olmo2).carry_context == 12  # no sliding window: one segment
+    # more than the window is allowed (OLMo-3's full-attention layers see it all)
+    assert MemorySettings(carry_context=40, **chunks).resolve(olmo3).carry_context == 40

@@ -4,7 +4,8 @@
   closed-form chunked update (with a float64 per-token reference in :mod:`.reference`);
 * :mod:`.layers` — MAC / MAG / MAL wiring into decoder layers via the family adapter and hooks;
 * :mod:`.model` — :func:`attach_memory` / :class:`MemoryModel` (segmented forward with carried state,
-  generation, save/load);
+  generation, save/load); :mod:`.context` — the base's keys/values carried across segments
+  (``carry_context``);
 * :mod:`.train` / :mod:`.run` — HF ``Trainer`` training and whole runs from a YAML config;
 * ``olmokit memory train|eval|generate`` — the CLI (:mod:`.cli`).
 
@@ -13,6 +14,7 @@
 """
 
 from .config import DataSection, MemoryConfig, MemorySettings, ModelSection, TrainingSection
+from .context import CarriedContext
 from .model import (
     ADAPTER_FORMAT,
     MemoryModel,
@@ -29,6 +31,7 @@ from .state import MemoryState
 
 __all__ = [
     "ADAPTER_FORMAT",
+    "CarriedContext",
     "DataSection",
     "MemoryConfig",
     "MemoryModel",

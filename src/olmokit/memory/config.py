@@ -75,11 +75,20 @@ class MemorySettings(OlmokitConfig):
     segment_len: int | None = Field(
         None,
         ge=1,
-        description="tokens per segment (attention never spans two); default: the base's sliding "
+        description="tokens per segment (attention never spans two unless carry_context > 0); "
+        "default: the base's sliding "
         "window (OLMo-3), required otherwise",
     )
     persistent_tokens: int = Field(
         0, ge=0, description="learnable tokens prepended to every segment's attention"
+    )
+    carry_context: int | Literal["auto"] = Field(
+        0,
+        description="mag/mal: tokens before each segment that its attention also sees, through the "
+        "base's KV cache carried across segments (Titans' sliding-window attention; keys/values "
+        "detached at each boundary). 0: off, attention never spans two segments (adapters saved "
+        "before this key); 'auto': the base's sliding window (segment_len without one); a "
+        "sliding-window layer never sees more than window - 1 earlier tokens, whatever the value",
     )
     write_source: Literal["layer_input", "attention_output"] | None = Field(
         None,
@@ -178,6 +187,21 @@ class MemorySettings(OlmokitConfig):
             raise ValueError("memory_layers is empty; give at least one decoder layer index")
         if len(set(self.memory_layers)) != len(self.memory_layers):
             raise ValueError(f"memory_layers has duplicates: {self.memory_layers}")
+        if isinstance(self.carry_context, int) and self.carry_context < 0:
+            raise ValueError(
+                f"carry_context must be >= 0 (0 = off) or 'auto', got {self.carry_context}"
+            )
+        if self.carry_context != 0 and self.mode == "mac":
+            raise ValueError(
+                "carry_context is for modes mag and mal: MAC attends per segment over [persistent "
+                "| retrieved | segment] as in the Titans paper (its context beyond the segment "
+                "comes from the memory); set carry_context: 0 or mode: mag/mal"
+            )
+        if self.carry_context != 0 and self.persistent_tokens:
+            raise ValueError(
+                "carry_context with persistent_tokens is not supported: the persistent tokens' "
+                "extra attention does not see the carried keys/values; set one of them to 0"
+            )
         if self.write_source == "attention_output" and self.mode != "mac":
             raise ValueError(
                 "write_source 'attention_output' is only for mode mac (MAG/MAL memories read "
@@ -252,7 +276,10 @@ class MemorySettings(OlmokitConfig):
         head_dim = self.head_dim or hidden // self.heads
         if head_dim < 1:
             raise ConfigError(f"memory.heads {self.heads} exceeds the hidden size {hidden}")
-        return ResolvedMemory(self, tuple(layers), seg, hidden, head_dim)
+        carry = self.carry_context
+        if carry == "auto":
+            carry = int(window) if window is not None else seg
+        return ResolvedMemory(self, tuple(layers), seg, hidden, head_dim, int(carry))
 
 
 @dataclass(frozen=True)
@@ -264,6 +291,8 @@ class ResolvedMemory:
     segment_len: int
     hidden_size: int
     head_dim: int
+    #: tokens before a segment its attention also sees (``carry_context`` resolved; 0: none)
+    carry_context: int = 0
 
 
 class TrainingSection(OlmokitConfig):

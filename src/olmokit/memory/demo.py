@@ -280,6 +280,8 @@ class DemoMemorySettings:
     hidden: int = 64
     conv_kernel: int = 2  #: a key sees the token before it (MQAR: the key of a key→value pair)
     alpha_bias: float = -8.0
+    #: tokens of the previous segment each segment's attention also sees (``memory.carry_context``)
+    carry_context: int | str = 0
     steps: int = 800
     batch_size: int = 16
     learning_rate: float = 3e-3
@@ -297,6 +299,7 @@ def demo_memory_settings(window: int, mem: DemoMemorySettings) -> MemorySettings
         hidden=mem.hidden,
         conv_kernel=mem.conv_kernel,
         alpha_bias=mem.alpha_bias,
+        carry_context=mem.carry_context,
         chunk_train=chunk,
         chunk_prefill=chunk,
         init_seed=mem.seed,

@@ -9,7 +9,9 @@ as consecutive segments of ``segment_len`` tokens (<= the base's sliding window)
 forward with positions starting at 0, so attention never spans two segments and everything a segment
 knows about earlier ones comes through the memory state (:class:`MemoryModelState`, one
 :class:`~olmokit.memory.state.MemoryState` per memory layer, keyed by layer index so layers without
-memory need no placeholder). Controls for experiments: ``reset_every_segment=True`` (a fresh state per
+memory need no placeholder). With ``carry_context`` (MAG/MAL, Titans' sliding-window attention) each
+segment's attention also sees the last tokens before it through the base's KV cache, carried in the
+state too (:mod:`olmokit.memory.context`); positions are then absolute. Controls for experiments: ``reset_every_segment=True`` (a fresh state per
 segment: the memory can only help inside a segment) and ``shuffle_state`` (once, at one segment
 boundary — by default the start of the last segment, where a task's question sits — each example is
 handed the memory another example accumulated, and carries on from it; never re-shuffled, since
@@ -43,6 +45,7 @@ from ..inject import (
     save_adapter,
 )
 from .config import MemoryConfig, MemorySettings, ResolvedMemory
+from .context import CarriedContext, context_cache, context_from_cache, run_with_context
 from .layers import MemoryLayer
 from .state import MemoryState
 
@@ -74,32 +77,45 @@ STATE_FORMAT = "olmokit-memory-state"
 @dataclass
 class MemoryModelState:
     """The memory of every memory layer after ``tokens`` tokens (a multiple of ``segment_len``
-    between :meth:`MemoryModel.forward` calls)."""
+    between :meth:`MemoryModel.forward` calls), and with ``carry_context`` the base's keys/values
+    of the last tokens (:class:`~olmokit.memory.context.CarriedContext`; None without)."""
 
     per_layer: dict[int, MemoryState]
     tokens: int = 0
+    context: CarriedContext | None = None
 
     @property
     def batch_size(self) -> int:
         return next(iter(self.per_layer.values())).batch_size
 
+    def _with(self, per_layer: dict[int, MemoryState], context: CarriedContext | None):
+        return MemoryModelState(per_layer, self.tokens, context)
+
     def detach(self) -> MemoryModelState:
         """Cut from the autograd graph (truncated backprop stops here)."""
-        return MemoryModelState({i: s.detach() for i, s in self.per_layer.items()}, self.tokens)
+        ctx = None if self.context is None else self.context.detach()
+        return self._with({i: s.detach() for i, s in self.per_layer.items()}, ctx)
 
     def to(self, device: torch.device | str) -> MemoryModelState:
-        return MemoryModelState({i: s.to(device) for i, s in self.per_layer.items()}, self.tokens)
+        ctx = None if self.context is None else self.context.to(device)
+        return self._with({i: s.to(device) for i, s in self.per_layer.items()}, ctx)
 
     def permute(self, perm: torch.Tensor) -> MemoryModelState:
-        """Example ``b`` gets the memory of example ``perm[b]`` (the shuffled-state control)."""
-        return MemoryModelState(
-            {i: _permute_state(s, perm) for i, s in self.per_layer.items()}, self.tokens
+        """Example ``b`` gets the memory of example ``perm[b]`` (the shuffled-state control).
+
+        The carried attention context is NOT permuted: it is the base's view of the example's own
+        last tokens (what its sliding window would see anyway), not something the memory learned;
+        the control swaps only what crosses the window through the memory."""
+        return self._with(
+            {i: _permute_state(s, perm) for i, s in self.per_layer.items()}, self.context
         )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {"tokens": torch.tensor(self.tokens, dtype=torch.int64)}
         for i, s in self.per_layer.items():
             out.update({f"layers.{i}.{k}": v for k, v in s.state_dict().items()})
+        if self.context is not None:
+            out.update({f"context.{k}": v for k, v in self.context.state_dict().items()})
         return out
 
     @classmethod
@@ -107,14 +123,18 @@ class MemoryModelState:
         cls, sd: Mapping[str, torch.Tensor], device: torch.device | str | None = None
     ) -> MemoryModelState:
         per: dict[int, dict[str, torch.Tensor]] = {}
+        ctx: dict[str, torch.Tensor] = {}
         for key, value in sd.items():
             if key.startswith("layers."):
                 _, idx, rest = key.split(".", 2)
                 per.setdefault(int(idx), {})[rest] = value
+            elif key.startswith("context."):
+                ctx[key.split(".", 1)[1]] = value
         if not per or "tokens" not in sd:
             raise CheckpointError("not a memory state (no layers.<i>.* tensors or no 'tokens')")
         layers = {i: MemoryState.from_state_dict(d, device) for i, d in sorted(per.items())}
-        return cls(layers, int(sd["tokens"]))
+        context = CarriedContext.from_state_dict(ctx, device) if ctx else None
+        return cls(layers, int(sd["tokens"]), context)
 
 
 def _permute_state(s: MemoryState, perm: torch.Tensor) -> MemoryState:
@@ -204,6 +224,11 @@ class MemoryModel(nn.Module):
         return self.resolved.segment_len
 
     @property
+    def carry_context(self) -> int:
+        """Tokens before a segment its attention also sees (0: segments are isolated)."""
+        return self.resolved.carry_context
+
+    @property
     def config(self) -> Any:
         """The base model's HF config (``Trainer`` and ``generate`` helpers read it)."""
         return self.model.config
@@ -242,8 +267,42 @@ class MemoryModel(nn.Module):
             rt.state, rt.read_state = state.per_layer[i], None
             rt.start_segment()
 
-    def _collect(self, tokens: int) -> MemoryModelState:
-        return MemoryModelState({i: m.rt.state for i, m in self.memory_layers.items()}, tokens)
+    def _collect(self, tokens: int, context: CarriedContext | None = None) -> MemoryModelState:
+        return MemoryModelState(
+            {i: m.rt.state for i, m in self.memory_layers.items()}, tokens, context
+        )
+
+    def _check_context(self, state: MemoryModelState) -> None:
+        """A carried state must match this model's ``carry_context`` (chained = one call)."""
+        has = state.context is not None and state.context.tokens > 0
+        if has and not self.carry_context:
+            raise ConfigError(
+                "the memory state carries attention context but this memory has carry_context 0; "
+                "continue it with the memory it came from (or set memory.carry_context)"
+            )
+        if self.carry_context and state.tokens and not has:
+            raise ConfigError(
+                f"this memory has carry_context {self.carry_context} but the given memory state "
+                f"({state.tokens} tokens) carries no attention context (saved by a memory with "
+                "carry_context 0?)"
+            )
+        if has and state.context.batch_size != state.batch_size:
+            raise ConfigError(
+                f"memory state context has batch {state.context.batch_size}, its memory "
+                f"{state.batch_size}"
+            )
+
+    def _run_segment(
+        self, ids: torch.Tensor, state: MemoryModelState
+    ) -> tuple[Any, CarriedContext | None]:
+        """One base forward of a segment (the memory layers' runtime already begun): isolated, or
+        with carried context (see :mod:`olmokit.memory.context`)."""
+        if not self.carry_context:
+            return self.model(input_ids=ids, use_cache=False), None
+        cache = context_cache(self.model, state.context)
+        out = run_with_context(self.model, ids, state.tokens, cache)
+        seen = state.tokens + ids.shape[1]
+        return out, context_from_cache(cache, self.carry_context, seen)
 
     def _end(self) -> None:
         for m in self.memory_layers.values():
@@ -259,9 +318,11 @@ class MemoryModel(nn.Module):
         batch: int,
     ) -> MemoryModelState:
         """The state segment ``k`` starts from: reset, shuffled (``perm`` is given only at the one
-        shuffling boundary) and/or detached (truncated BPTT)."""
+        shuffling boundary) and/or detached (truncated BPTT). A reset or shuffle changes the memory
+        only: the carried attention context is the example's own last tokens, which the base alone
+        would see in its sliding window."""
         if reset:
-            return replace(self.init_state(batch), tokens=state.tokens)
+            return replace(self.init_state(batch), tokens=state.tokens, context=state.context)
         if perm is not None:
             state = state.permute(perm)
         bptt = self.settings.bptt_segments
@@ -313,6 +374,7 @@ class MemoryModel(nn.Module):
             )
         elif state.batch_size != batch:
             raise ConfigError(f"memory state has batch {state.batch_size}, input has {batch}")
+        self._check_context(state)
         perm = _permutation(shuffle_state, batch, input_ids.device)
         shuffle_k = _shuffle_segment(perm, shuffle_at, length, seg, state.tokens)
         if return_logits is None:
@@ -326,8 +388,8 @@ class MemoryModel(nn.Module):
                     here = perm if k == shuffle_k else None
                     state = self._boundary_state(state, k, reset_every_segment, here, batch)
                 self._begin(state, chunk, use_cache=False)
-                out = self.model(input_ids=input_ids[:, start:end], use_cache=False)
-                state = self._collect(state.tokens + end - start)
+                out, context = self._run_segment(input_ids[:, start:end], state)
+                state = self._collect(state.tokens + end - start, context)
                 logits = out.logits
                 if labels is not None:
                     n = min(end, length - 1) - start
@@ -398,6 +460,8 @@ class MemoryModel(nn.Module):
                 f"the given memory state ends inside a segment ({state.tokens} tokens, segment_len "
                 f"{seg}); generate from a state that ends on a segment boundary"
             )
+        else:
+            self._check_context(state)
         if full:
             state = self.forward(input_ids[:, :full], state=state, return_logits=False).memory_state
         seq = input_ids
@@ -449,15 +513,17 @@ class MemoryModel(nn.Module):
 
 
 class _Session:
-    """One open segment of generation: the base's KV cache and the memory layers' runtime."""
+    """One open segment of generation: the base's KV cache and the memory layers' runtime.
+
+    With ``carry_context`` the cache starts from the state's carried keys/values, positions are
+    absolute, and closing the segment keeps the cache's last ``carry_context`` tokens in the state;
+    without a cache every step rebuilds the segment's cache from the same carried context."""
 
     def __init__(self, mm: MemoryModel, state: MemoryModelState, use_cache: bool):
         self.mm, self.state, self.use_cache = mm, state, use_cache
         self.cache, self.fed, self._last = None, 0, None
         if use_cache:
-            from transformers import DynamicCache
-
-            self.cache = DynamicCache(config=mm.model.config)
+            self.cache = context_cache(mm.model, state.context if mm.carry_context else None)
 
     def feed(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
         mm, s = self.mm, self.mm.settings
@@ -469,7 +535,9 @@ class _Session:
                 for m in mm.memory_layers.values():
                     m.rt.chunk = chunk
             n = ids.shape[1]
-            position_ids = torch.arange(pos, pos + n, device=ids.device)[None].expand(
+            # positions restart at each segment without carried context, else absolute
+            start = pos + (self.state.tokens if mm.carry_context else 0)
+            position_ids = torch.arange(start, start + n, device=ids.device)[None].expand(
                 ids.shape[0], -1
             )
             kw = {get_adapter(mm.model).cache_keyword(mm.model): self.cache}
@@ -478,15 +546,19 @@ class _Session:
             return out.logits
         # no cache: recompute the open segment from its start with the segment-start state
         mm._begin(self.state, s.chunk_prefill, use_cache=False)
-        out = mm.model(input_ids=ids, use_cache=False)
-        self._last = mm._collect(self.state.tokens + ids.shape[1])
+        out, context = mm._run_segment(ids, self.state)
+        self._last = mm._collect(self.state.tokens + ids.shape[1], context)
         return out.logits
 
     def close(self) -> None:
-        """End the segment: the memory state now includes it."""
+        """End the segment: the memory state (and carried context) now includes it."""
         if self.use_cache:
             if self.fed:
-                self.state = self.mm._collect(self.state.tokens + self.fed)
+                seen = self.state.tokens + self.fed
+                context = None
+                if self.mm.carry_context:
+                    context = context_from_cache(self.cache, self.mm.carry_context, seen)
+                self.state = self.mm._collect(seen, context)
         elif self._last is not None:
             self.state = self._last
         self.mm._end()
