@@ -428,8 +428,10 @@ class MemoryModel(nn.Module):
         Segments as in :meth:`forward`; the memory is carried across them. With ``use_cache`` the
         current segment keeps a KV cache (the base's, and the memory layers' for their persistent
         and retrieved tokens) and each new token is one base call (chunk ``chunk_decode``); without
-        it, each step recomputes the current segment (chunk ``chunk_prefill``). Full segments of the
-        prompt run through :meth:`forward`. Returns the whole sequence (prompt + new tokens), and
+        it, each step recomputes the current segment (chunk ``chunk_prefill``). With
+        ``carry_context`` the base's cache of each segment starts from the carried keys/values of
+        the tokens before it (both paths), and at a segment boundary its last ``carry_context``
+        tokens move on in the state. Full segments of the prompt run through :meth:`forward`. Returns the whole sequence (prompt + new tokens), and
         the memory state with ``return_state``.
         """
         if max_new_tokens < 0:
