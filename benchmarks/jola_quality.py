@@ -19,7 +19,9 @@ Methods
 Every trained method stops early on the validation loss (patience 3, evaluated every ``eval_every``
 steps) and restores its best evaluation. Run: ``nice python benchmarks/jola_quality.py`` (3 seeds, 4
 tasks; about 40 minutes on 2 busy CPU cores). Prints the markdown table; ``--plot`` writes the
-accuracy–sparsity figure; the last line is ``RESULT {json}``.
+accuracy–sparsity figure; the last line is ``RESULT {json}``. ``--model DIR`` runs the same protocol
+on another OLMo model (e.g. a larger one from ``olmokit zoo build``, tokenizer read from DIR); every
+``--json`` file records the model it was run on and ``--report-from`` refuses to mix models.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -172,12 +175,17 @@ def train_method(
     settings: JoLASettings | None = None,
     lr: float = 5e-3,
     lofit_k: int | None = None,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
-    """Train one method; return its held-out and validation scores, parameters and open heads."""
+    """Train one method; return its held-out and validation scores, parameters and open heads.
+
+    ``model_name``: a zoo name or model directory (default: the shipped zoo model), so the same
+    protocol runs on a larger model built with ``olmokit zoo build``."""
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(None, device=device)
-    out = f"/tmp/jola_quality/{data.name}-{method}-{seed}"
+    model = load_model(model_name, device=device)
+    tag = _model_tag(model_name)
+    out = f"/tmp/jola_quality/{tag}/{data.name}-{method}-{seed}"
     res: dict[str, Any] = {}
     if method.startswith("jola:"):  # a grid point: jola:<gate_lambda> or jola:key=value/...
         upd, lr, steps = parse_variant(method, lr, steps)
@@ -380,12 +388,23 @@ def _add_l1(trainer: JoLATrainer, weight: float) -> None:
     trainer.compute_loss = compute_loss
 
 
+def _model_tag(model_name: str | None) -> str:
+    """The name a run records for its model: the zoo name, or a directory's last component."""
+    return "olmo2-stdlib" if model_name is None else Path(str(model_name)).name
+
+
 def _ms(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="zoo name or model directory (default: the shipped olmo2-stdlib); the tokenizer is "
+        "read from the same place",
+    )
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", type=int, default=3)
@@ -411,19 +430,24 @@ def main() -> None:
     ap.add_argument("--report-from", help="print the table and plot from a --json file; no runs")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    tok = load_tokenizer()
+    tok = load_tokenizer(a.model)
+    a.model_tag = _model_tag(a.model)
     if a.sweep:
         sweep(a, tok)
         return
     if a.report_from:
-        runs, base = {}, {}
+        runs, base, tags = {}, {}, set()
         for path in a.report_from.split(","):
             with open(path) as f:
                 d = json.load(f)
+            tags.add(d.get("model", "olmo2-stdlib"))  # files written before --model: the zoo model
             for task, by_method in d["runs"].items():  # files may split seeds and methods
                 for m, rs in by_method.items():
                     runs.setdefault(task, {}).setdefault(m, []).extend(rs)
             base.update(d["base"])
+        if len(tags) > 1:
+            sys.exit(f"--report-from mixes models {sorted(tags)}: one table per model")
+        a.model_tag = tags.pop() if tags else a.model_tag
         print(report(base, runs, a))
         plot_runs(base, runs, a.plot)
         return
@@ -435,7 +459,7 @@ def main() -> None:
         data = task_data(name, tok, a.train, a.valid, test_limit=a.test_limit)
         runs[name] = {m: [] for m in methods if m != "base"}
         if "base" in methods:
-            bm = load_model(None)
+            bm = load_model(a.model)
             base[name] = score(bm, tok, data.test, data.generative)
             if not data.generative:
                 base[name + ":turn"] = score(bm, tok, data.test, False, "turn")
@@ -446,11 +470,13 @@ def main() -> None:
             for m in methods:
                 if m == "base" or (seed >= a.full_seeds and m not in CORE):
                     continue
-                r = train_method(m, data, tok, seed, a.steps, eval_every=a.eval_every)
+                r = train_method(
+                    m, data, tok, seed, a.steps, eval_every=a.eval_every, model_name=a.model
+                )
                 runs[name][m].append(r)
                 if a.json:  # after every run, so a long benchmark's partial results survive
                     with open(a.json, "w") as f:
-                        json.dump({"base": base, "runs": runs}, f)
+                        json.dump({"model": a.model_tag, "base": base, "runs": runs}, f)
                 print(
                     f"# {name} seed {seed} {m}: test {r['test']:.3f} valid {r['valid']:.3f} "
                     f"open {r.get('open_heads')} best step {r.get('best_step')}/"
@@ -460,7 +486,7 @@ def main() -> None:
                 )
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"base": base, "runs": runs}, f)
+            json.dump({"model": a.model_tag, "base": base, "runs": runs}, f)
     print(report(base, runs, a))
     plot_runs(base, runs, a.plot)
 
@@ -506,20 +532,20 @@ def sweep(a: Any, tok: Any) -> None:
     base: dict[str, float] = {}
     for name in a.tasks.split(","):
         data = task_data(name, tok, a.train, a.valid, test_limit=a.test_limit)
-        model = load_model(None)
+        model = load_model(a.model)
         base[name] = score(model, tok, data.test, data.generative)
         base[name + ":valid"] = score(model, tok, data.valid_ex, data.generative)
         points[name] = []
         for lam in lams:
             for seed in range(a.seeds):
                 s = JoLASettings(gate_lambda=lam)
-                r = train_method("jola", data, tok, seed, a.steps, settings=s)
+                r = train_method("jola", data, tok, seed, a.steps, settings=s, model_name=a.model)
                 r.update(gate_lambda=lam, seed=seed)
                 points[name].append(r)
                 print(f"# {name} lambda {lam:g} seed {seed}: {r}", file=sys.stderr, flush=True)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"base": base, "points": points}, f)
+            json.dump({"model": a.model_tag, "base": base, "points": points}, f)
     series = {}
     for name, pts in points.items():
         for key in ("valid", "test"):
@@ -545,7 +571,7 @@ def sweep(a: Any, tok: Any) -> None:
 
 def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
     lines = [
-        f"zoo model olmo2-stdlib; {a.train} train / {a.valid} validation (from the training split) "
+        f"model {a.model_tag}; {a.train} train / {a.valid} validation (from the training split) "
         f"examples; held-out test split; {a.steps} steps max x batch 8; {a.seeds} seeds; "
         f"early stopping on validation loss (patience 3, every {a.eval_every} steps), best step "
         "restored; choices scored on their answer tokens\n",

@@ -6,6 +6,7 @@ trained edit, every other head is the identity, and the held-out log-likelihoods
 """
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -66,3 +67,33 @@ def test_lofit_stage2_edits_exactly_the_selected_heads(jq, monkeypatch, tmp_path
         abs(x - y) for xs, ys in zip(seen["lp"], base_lp, strict=True) for x, y in zip(xs, ys)
     )
     assert moved > 1e-3
+
+
+def test_model_flag_trains_and_records_the_named_model(jq):
+    """``--model``/``model_name`` must reach the trained model: a tiny OLMo-3 (4 layers x 4 heads of
+    width 16; its preset has both sliding and full layers) gives 16 heads and 4*4*(2*16+2) = 544
+    JoLA parameters, not the zoo model's 32 / 2,112."""
+    torch.set_num_threads(1)
+    tok = load_tokenizer("olmo3-tiny-random")
+    data = jq.task_data("stdlib_module", tok, 8, 4, test_limit=4)
+    res = jq.train_method(
+        "jola", data, tok, 0, steps=2, eval_every=2, model_name="olmo3-tiny-random"
+    )
+    assert (res["heads"], res["params"]) == (16, 544)
+    assert jq._model_tag(None) == "olmo2-stdlib"
+    assert jq._model_tag("/tmp/x/olmo2-stdlib-wide") == "olmo2-stdlib-wide"
+
+
+def test_report_from_refuses_to_mix_models(jq, monkeypatch, tmp_path):
+    """Runs of two models in one table would compare nothing; files from before ``--model`` count
+    as the shipped zoo model."""
+    run = {"test": 0.5, "valid": 0.5, "params": 1}
+    old = {"base": {"t": 0.1}, "runs": {"t": {"jola": []}}}
+    new = {"model": "olmo2-stdlib-wide", "base": {"t": 0.2}, "runs": {"t": {"lora": [run]}}}
+    (tmp_path / "a.json").write_text(json.dumps(old))
+    (tmp_path / "b.json").write_text(json.dumps(new))
+    files = f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}"
+    plot = str(tmp_path / "p.png")
+    monkeypatch.setattr(sys, "argv", ["jq", "--report-from", files, "--plot", plot])
+    with pytest.raises(SystemExit, match="mixes models"):
+        jq.main()
