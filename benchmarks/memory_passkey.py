@@ -11,10 +11,14 @@ Run: ``python benchmarks/memory_passkey.py [--out runs/memory-passkey] [--smoke]
   barely solves MQAR even inside its window.
 * **Memory** (:mod:`olmokit.memory`): MAG (written and read from the frozen base's contextual
   hidden states; the read RMS-normalised before its gate, ``retrieval_norm``), segments of one
-  window; only the memory trains, on the task. Passkey: layer 1 of 2, 4 heads, the evidence 1-8
+  window, each also attending to the window before it through the base's carried KV cache
+  (``--carry-context``, default ``auto``: Titans' sliding-window MAG; ``0``: isolated segments, as
+  before, when needles on a segment's last tokens were lost); only the memory trains, on the task. Passkey: layer 1 of 2, 4 heads, the evidence 1-8
   windows away, ``--steps`` (1200). MQAR: layer 2 of 3, 2 heads (head width 32), MLP hidden 128,
   1-8 pairs per example 8-9 windows away, ``--mqar-steps`` (600).
-* **Conditions**: ``base`` — the windowed base alone (the memory disabled; segments of ``W``);
+* **Conditions**: ``base`` — the windowed base alone (the memory disabled; segments of ``W``
+  with the same carried context, so with carry it is the plain sliding-window model, whose stacked
+  layers reach back up to ``layers x (W - 1)`` tokens);
   ``memory`` — the memory carried across segments; ``reset`` — the memory reset at every segment
   (it can only see the current window, like the base); ``shuffled`` — at the start of the segment
   holding the first question, each example is handed another example's accumulated memory once (a
