@@ -651,6 +651,13 @@ class FamilyAdapter:
         return "cache" if "cache" in params else "past_key_values"
 
     @staticmethod
+    def cache_keys_values(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(keys, values)`` an HF ``Cache`` holds per decoder layer, ``[batch, kv_heads, n,
+        head_dim]`` (a sliding-window layer holds at most window - 1 tokens): what a tool carries
+        from one call to the next (memory's ``carry_context``)."""
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    @staticmethod
     def attention_config(attn: nn.Module) -> Any:
         """The config object an attention module (``adapter.attention(i)``) reads at run time."""
         return attn.config

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..family import get_adapter
+from ..family import FamilyAdapter, get_adapter
 
 __all__ = ["CarriedContext", "context_cache", "context_from_cache", "run_with_context"]
 
@@ -111,10 +111,10 @@ def context_from_cache(cache: Any, carry: int, seen: int) -> CarriedContext:
     detached. A sliding-window layer holds at most ``window - 1`` of them; it keeps what it holds."""
     tokens = min(carry, seen)
     keys, values = [], []
-    for layer in cache.layers:
-        n = min(tokens, layer.keys.shape[-2])
-        keys.append(layer.keys[:, :, layer.keys.shape[-2] - n :].detach())
-        values.append(layer.values[:, :, layer.values.shape[-2] - n :].detach())
+    for k, v in FamilyAdapter.cache_keys_values(cache):
+        n = min(tokens, k.shape[-2])
+        keys.append(k[:, :, k.shape[-2] - n :].detach())
+        values.append(v[:, :, v.shape[-2] - n :].detach())
     return CarriedContext(tuple(keys), tuple(values), tokens)
 
 
