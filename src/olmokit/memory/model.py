@@ -11,9 +11,9 @@ knows about earlier ones comes through the memory state (:class:`MemoryModelStat
 :class:`~olmokit.memory.state.MemoryState` per memory layer, keyed by layer index so layers without
 memory need no placeholder). With ``carry_context`` (MAG/MAL, Titans' sliding-window attention) each
 segment's attention also sees the last tokens before it through the base's KV cache, carried in the
-state too (:mod:`olmokit.memory.context`); positions are then absolute. Controls for experiments: ``reset_every_segment=True`` (a fresh state per
-segment: the memory can only help inside a segment) and ``shuffle_state`` (once, at one segment
-boundary — by default the start of the last segment, where a task's question sits — each example is
+state too (:mod:`olmokit.memory.context`); positions are then absolute. Controls for experiments:
+``reset_every_segment=True`` (a fresh state per segment: the memory can only help inside a
+segment) and ``shuffle_state`` (once, at one segment boundary — by default the start of the last segment, where a task's question sits — each example is
 handed the memory another example accumulated, and carries on from it; never re-shuffled, since
 repeated fixed rolls compose and would hand each example its own memory back after ``batch``
 boundaries).
@@ -431,8 +431,9 @@ class MemoryModel(nn.Module):
         it, each step recomputes the current segment (chunk ``chunk_prefill``). With
         ``carry_context`` the base's cache of each segment starts from the carried keys/values of
         the tokens before it (both paths), and at a segment boundary its last ``carry_context``
-        tokens move on in the state. Full segments of the prompt run through :meth:`forward`. Returns the whole sequence (prompt + new tokens), and
-        the memory state with ``return_state``.
+        tokens move on in the state. Full segments of the prompt run through :meth:`forward`.
+        Returns the whole sequence (prompt + new tokens), and the memory state with
+        ``return_state``.
         """
         if max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
