@@ -13,10 +13,10 @@ memory need no placeholder). With ``carry_context`` (MAG/MAL, Titans' sliding-wi
 segment's attention also sees the last tokens before it through the base's KV cache, carried in the
 state too (:mod:`olmokit.memory.context`); positions are then absolute. Controls for experiments:
 ``reset_every_segment=True`` (a fresh state per segment: the memory can only help inside a
-segment) and ``shuffle_state`` (once, at one segment boundary — by default the start of the last segment, where a task's question sits — each example is
-handed the memory another example accumulated, and carries on from it; never re-shuffled, since
-repeated fixed rolls compose and would hand each example its own memory back after ``batch``
-boundaries).
+segment) and ``shuffle_state`` (once, at one segment boundary — by default the start of the last
+segment, where a task's question sits — each example is handed the memory another example
+accumulated, and carries on from it; never re-shuffled, since repeated fixed rolls compose and would
+hand each example its own memory back after ``batch`` boundaries).
 """
 
 from __future__ import annotations
