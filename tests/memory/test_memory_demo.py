@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from olmokit.errors import ConfigError
+from olmokit.family import get_adapter
 from olmokit.memory.demo import (
     DemoBaseSettings,
     DemoMemorySettings,
@@ -136,6 +137,23 @@ def test_make_demo_base_is_reproducible_and_refuses_other_settings(built, tmp_pa
     (tmp_path / "other" / "x").write_text("x")
     with pytest.raises(ConfigError, match="not a demo base"):
         make_demo_base(tmp_path / "other", SMOKE)
+
+
+def test_make_demo_base_circuit_friendly_init(tmp_path):
+    """embedding_init_std / post_norm_init reach the model before training (the MQAR base needs
+    token identity to survive OLMo-3's unit-scale sublayer outputs); steps=1 keeps them visible."""
+    s = replace(SMOKE, steps=1, embedding_init_std=1.0, post_norm_init=0.1)
+    plain = load_demo_base(make_demo_base(tmp_path / "plain", replace(SMOKE, steps=1), log=print))
+    wide = load_demo_base(make_demo_base(tmp_path / "wide", s, log=print))
+    std = {n: float(m.get_input_embeddings().weight.std()) for n, m in (("p", plain), ("w", wide))}
+    assert std["p"] < 0.05 and 0.9 < std["w"] < 1.1
+    adapter = get_adapter(wide)
+    norms = [
+        float(n.weight.mean()) for i in range(adapter.num_layers) for n in adapter.norms(i).values()
+    ]
+    assert norms and all(abs(v - 0.1) < 0.02 for v in norms)  # one lr-3e-3 step away
+    with pytest.raises(ConfigError, match="embedding_init_std: built with 1.0, now 2.0"):
+        make_demo_base(tmp_path / "wide", replace(s, embedding_init_std=2.0))
 
 
 def test_memory_stage_trains_only_the_memory(built, tmp_path):

@@ -46,6 +46,7 @@ from ..errors import ConfigError
 from ..eval.longctx import span_accuracy
 from ..files import atomic_write_json
 from ..loading import load_model, save_model
+from ..zoo.build.circuits import circuit_friendly_init
 from ..zoo.presets import make_config
 from .config import MemorySettings, TrainingSection
 from .model import MemoryModel, attach_memory
@@ -91,6 +92,14 @@ class DemoBaseSettings:
     learning_rate: float = 3e-3
     seed: int = 0
     max_positions: int = 8192  #: RoPE positions the base accepts (long evaluation inputs)
+    #: re-drawn input embedding std (None: the config's 0.02). Why: OLMo-3 normalises every
+    #: sublayer's output to unit scale, so with 0.02 embeddings a token's own identity is a few
+    #: percent of the stream after one layer; a memory keyed on the middle layers' hidden states
+    #: then cannot tell one MQAR key from another (measured: the cosine of a query to its own key
+    #: was 0.21 against 0.16 to the other keys), and recalls a stored value, but the wrong one.
+    #: See :func:`olmokit.zoo.build.circuits.circuit_friendly_init`.
+    embedding_init_std: float | None = None
+    post_norm_init: float | None = None  #: initial post-sublayer norm weight (None: 1)
 
     @property
     def vocab(self) -> TaskVocab:
@@ -218,6 +227,10 @@ def make_demo_base(
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        circuit_friendly_init(
+            model, settings.embedding_init_std, settings.post_norm_init, settings.seed
+        )
     train = base_training_set(settings, settings.steps * settings.batch_size)
     log(
         f"make_demo_base: training a {settings.num_layers}-layer windowed base (window "
