@@ -174,3 +174,19 @@ def test_carry_context_is_checked_and_auto_resolves_to_the_window():
     assert auto2.resolve(olmo2).carry_context == 12  # no sliding window: one segment
     # more than the window is allowed (OLMo-3's full-attention layers see it all)
     assert MemorySettings(carry_context=40, **chunks).resolve(olmo3).carry_context == 40
+
+
+def test_qk_and_key_conv_inits_reach_the_engine_and_are_validated():
+    from olmokit.memory.layers import neural_config
+
+    model = random_model("olmo2", "tiny", seed=0)
+    s = MemorySettings(
+        segment_len=8, chunk_train=4, chunk_prefill=4, conv_kernel=2, qk_init="tied",
+        key_conv_init="previous_token",
+    )  # fmt: skip
+    cfg = neural_config(s.resolve(model))
+    assert (cfg.qk_init, cfg.key_conv_init) == ("tied", "previous_token")
+    with pytest.raises(ConfigError, match="previous_token' needs conv_kernel >= 2"):
+        MemoryConfig.from_dict({"memory": {"key_conv_init": "previous_token"}})
+    with pytest.raises(ConfigError, match=r"memory\.qk_init: Input should be 'independent' or"):
+        MemoryConfig.from_dict({"memory": {"qk_init": "shared"}})

@@ -302,3 +302,35 @@ def test_per_chunk_matches_titans_pytorch():
             tok = NeuralMemory(NeuralMemoryConfig(**{**cfg.to_dict(), "granularity": "token"}))
             tok.load_state_dict(ours.state_dict())
             assert maxdiff(tok.double()(x, chunk_size=b)[0], y_ref) > 1e-3
+
+
+def test_tied_qk_and_previous_token_key_init():
+    """qk_init 'tied' copies to_k into to_q and draws nothing else differently; key_conv_init
+    'previous_token' makes the key of token t exactly token t-1's projected key (values and
+    queries stay the identity), so the memory starts storing (t-1 -> t)."""
+    base = dict(dim=10, heads=2, head_dim=4, hidden=6, conv_kernel=3)
+    torch.manual_seed(0)
+    plain = NeuralMemory(NeuralMemoryConfig(**base))
+    torch.manual_seed(0)
+    tied = NeuralMemory(NeuralMemoryConfig(**base, qk_init="tied", key_conv_init="previous_token"))
+    assert torch.equal(tied.to_q.weight, tied.to_k.weight)
+    assert not torch.equal(plain.to_q.weight, plain.to_k.weight)
+    same = {n for n, _ in plain.named_parameters()} - {"to_q.weight", "conv_k"}
+    assert all(
+        torch.equal(dict(plain.named_parameters())[n], p)
+        for n, p in tied.named_parameters()
+        if n in same
+    )
+    x = torch.randn(2, 7, 10)
+    state = tied.init_state(2)
+    k, v, _, _ = tied._write_inputs(tied._norm(x), state)
+    k_plain, v_plain, _, _ = plain._write_inputs(plain._norm(x), plain.init_state(2))
+    torch.testing.assert_close(v, v_plain)  # values: identity conv in both
+    torch.testing.assert_close(k[:, 1:], k_plain[:, :-1])  # key of t == plain key of t-1
+    assert k[:, 0].abs().max() == 0  # nothing before the first token (zero conv history)
+    q, _ = tied._query(tied._norm(x), state)
+    torch.testing.assert_close(q, k_plain)  # tied query of t == plain key of t
+    with pytest.raises(ConfigError, match="previous_token' needs conv_kernel >= 2"):
+        NeuralMemoryConfig(dim=8, key_conv_init="previous_token", conv_kernel=1)
+    with pytest.raises(ConfigError, match="qk_init must be one of independent, tied"):
+        NeuralMemoryConfig(dim=8, qk_init="shared")

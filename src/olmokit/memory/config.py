@@ -141,6 +141,17 @@ class MemorySettings(OlmokitConfig):
         "(titans-pytorch's chunk_size=b, batch_size=b: summed gradients, mean-pooled gates; "
         "faster, and the forget gate acts once per chunk); see docs/memory.md",
     )
+    qk_init: Literal["independent", "tied"] = Field(
+        "independent",
+        description="tied: the query projection starts as a copy of the key projection, so a "
+        "query retrieves what the same content wrote from step 0 (associative recall learned "
+        "key addressing only with it; see docs/memory.md)",
+    )
+    key_conv_init: Literal["identity", "previous_token"] = Field(
+        "identity",
+        description="previous_token (needs conv_kernel >= 2): the key of token t starts as token "
+        "t-1's, so the memory stores (t-1 -> t), a key followed by its value",
+    )
     chunk_train: int = Field(16, ge=1, description="engine chunk while training")
     chunk_prefill: int = Field(16, ge=1, description="engine chunk for no-grad forwards/prefill")
     chunk_decode: int = Field(1, ge=1, description="engine chunk while generating token by token")
@@ -176,6 +187,8 @@ class MemorySettings(OlmokitConfig):
         "eta_bias",
         "theta_bias",
         "granularity",
+        "qk_init",
+        "key_conv_init",
         "chunk_train",
         "chunk_prefill",
         "chunk_decode",
@@ -201,6 +214,11 @@ class MemorySettings(OlmokitConfig):
             raise ValueError(
                 "carry_context with persistent_tokens is not supported: the persistent tokens' "
                 "extra attention does not see the carried keys/values; set one of them to 0"
+            )
+        if self.key_conv_init == "previous_token" and self.conv_kernel < 2:
+            raise ValueError(
+                "key_conv_init 'previous_token' needs conv_kernel >= 2 (the key convolution must "
+                f"reach the token before); got conv_kernel {self.conv_kernel}"
             )
         if self.write_source == "attention_output" and self.mode != "mac":
             raise ValueError(

@@ -43,6 +43,8 @@ __all__ = ["GRANULARITIES", "NeuralMemory", "NeuralMemoryConfig"]
 
 #: update granularities: one update per token (Titans' equations) or one per chunk (titans-pytorch)
 GRANULARITIES = ("token", "chunk")
+QK_INITS = ("independent", "tied")
+KEY_CONV_INITS = ("identity", "previous_token")
 
 #: eps of the q/k ℓ2 normalisation: x / sqrt(Σx² + eps)
 QK_NORM_EPS = 1e-6
@@ -76,6 +78,16 @@ class NeuralMemoryConfig:
             logits, y_t reads the weights after the last chunk that ended at or before t — the
             semantics of titans-pytorch's ``chunk_size=b, batch_size=b``; cheaper (no b×b terms),
             and the forget gate then acts once per chunk instead of once per token.
+        qk_init: "independent" (default) draws ``to_q`` and ``to_k`` separately; "tied" starts
+            ``to_q`` as a copy of ``to_k``, so that at step 0 a query already retrieves what a token
+            with the same features wrote (content addressing the outer loop otherwise has to
+            discover: with independent projections a 2-layer memory on associative recall learned
+            to return *a* stored value, not the one its key addresses). Training unties them.
+        key_conv_init: "identity" (default) starts the key convolution as the identity; with
+            "previous_token" (needs ``conv_kernel`` >= 2) the key of token t starts as token t-1's
+            projection, so the memory stores (token t-1 → token t): the key→value form of
+            associative recall, where the value follows its key. Queries and values keep the
+            identity.
     """
 
     dim: int
@@ -98,6 +110,8 @@ class NeuralMemoryConfig:
     eta_bias: float = 2.0
     theta_bias: float = 0.0
     granularity: str = "token"
+    qk_init: str = "independent"
+    key_conv_init: str = "identity"
 
     def __post_init__(self) -> None:
         for name in (
@@ -141,6 +155,21 @@ class NeuralMemoryConfig:
             raise ConfigError(
                 f"NeuralMemoryConfig.granularity must be one of {', '.join(GRANULARITIES)}, "
                 f"got {self.granularity!r}"
+            )
+        if self.qk_init not in QK_INITS:
+            raise ConfigError(
+                f"NeuralMemoryConfig.qk_init must be one of {', '.join(QK_INITS)}, "
+                f"got {self.qk_init!r}"
+            )
+        if self.key_conv_init not in KEY_CONV_INITS:
+            raise ConfigError(
+                f"NeuralMemoryConfig.key_conv_init must be one of {', '.join(KEY_CONV_INITS)}, "
+                f"got {self.key_conv_init!r}"
+            )
+        if self.key_conv_init == "previous_token" and self.conv_kernel < 2:
+            raise ConfigError(
+                "NeuralMemoryConfig.key_conv_init 'previous_token' needs conv_kernel >= 2 (the "
+                f"key convolution must reach the token before), got conv_kernel {self.conv_kernel}"
             )
         if self.lp_p < 1 or self.lp_eps <= 0:
             raise ConfigError(
@@ -193,6 +222,10 @@ class NeuralMemory(nn.Module):
             self.conv_q = nn.Parameter(ident.clone())
             self.conv_k = nn.Parameter(ident.clone())
             self.conv_v = nn.Parameter(ident.clone())
+            if c.key_conv_init == "previous_token":
+                with torch.no_grad():
+                    self.conv_k[:, -1] = 0.0
+                    self.conv_k[:, -2] = 1.0
         self.to_alpha = nn.Linear(c.dim, c.heads)
         self.to_eta = nn.Linear(c.dim, c.heads)
         self.to_theta = nn.Linear(c.dim, c.heads)
@@ -210,6 +243,9 @@ class NeuralMemory(nn.Module):
             for i, o in zip(sizes, sizes[1:])
         )
         self.to_out = nn.Linear(inner, c.dim, bias=False)
+        if c.qk_init == "tied":  # after every draw: the other parameters match "independent"
+            with torch.no_grad():
+                self.to_q.weight.copy_(self.to_k.weight)
         self.spec = c.spec
 
     # ------------------------------------------------------------------ helpers
