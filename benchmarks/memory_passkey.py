@@ -244,9 +244,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--pairs", type=int, default=8)
     p.add_argument("--steps", type=int, default=1200, help="passkey memory training steps")
     p.add_argument("--mqar-steps", type=int, default=600, help="MQAR memory training steps")
+    p.add_argument("--mqar-lr", type=float, default=1e-2, help="MQAR memory learning rate")
+    p.add_argument(
+        "--mqar-qk-init",
+        choices=["independent", "tied"],
+        default="tied",
+        help="memory.qk_init of the MQAR memory (tied: queries start as the key projection)",
+    )
+    p.add_argument(
+        "--mqar-key-conv-init",
+        choices=["identity", "previous_token"],
+        default="previous_token",
+        help="memory.key_conv_init of the MQAR memory (previous_token: the key of t is token t-1)",
+    )
+    p.add_argument(
+        "--mqar-base-embedding-std",
+        type=float,
+        default=1.0,
+        help="embedding_init_std of the MQAR base (keeps token identity in the middle layers)",
+    )
+    p.add_argument(
+        "--mqar-base-post-norm-init",
+        type=float,
+        default=0.1,
+        help="post_norm_init of the MQAR base",
+    )
     p.add_argument("--mqar-batch-size", type=int, default=16)
     p.add_argument(
-        "--mqar-train-pairs", type=int, nargs=2, default=[1, 8], help="pairs per training example"
+        "--mqar-train-pairs", type=int, nargs=2, default=[4, 8], help="pairs per training example"
     )
     p.add_argument(
         "--mqar-base-layers",
@@ -255,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="layers of the MQAR task base (built in OUT/base-mqar when it differs from --base-layers)",
     )
     p.add_argument("--mqar-base-steps", type=int, default=2000)
-    p.add_argument("--mqar-mem-layer", type=int, default=2, help="decoder layer of the MQAR memory")
+    p.add_argument("--mqar-mem-layer", type=int, default=1, help="decoder layer of the MQAR memory")
     p.add_argument("--mqar-mem-heads", type=int, default=2)
     p.add_argument("--mqar-mem-hidden", type=int, default=128)
     p.add_argument(
@@ -348,7 +373,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = make_demo_base(out / "base", base_settings, log=log)
     results: dict[str, Any] = {"base": base.info}
     mqar_base_settings = replace(
-        base_settings, num_layers=args.mqar_base_layers, steps=args.mqar_base_steps
+        base_settings,
+        num_layers=args.mqar_base_layers,
+        steps=args.mqar_base_steps,
+        embedding_init_std=args.mqar_base_embedding_std,
+        post_norm_init=args.mqar_base_post_norm_init,
     )
     mqar_base = base
     if mqar_base_settings != base_settings and (not args.only or "mqar" in args.only):
@@ -369,6 +398,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 layer=args.mqar_mem_layer,
                 heads=args.mqar_mem_heads,
                 hidden=args.mqar_mem_hidden,
+                learning_rate=args.mqar_lr,
+                qk_init=args.mqar_qk_init,
+                key_conv_init=args.mqar_key_conv_init,
             )
             stage = mqar_stage(mqar_base, stage_mem, args, out)
         else:

@@ -298,6 +298,11 @@ class DemoMemorySettings:
     #: last tokens was lost (the write gate fires just after the value, in the next segment):
     #: passkey 0.934/0.938 at 32 windows against 1.000 with the window carried.
     carry_context: int | str = "auto"
+    #: ``memory.qk_init`` / ``memory.key_conv_init``: the MQAR stage starts the memory as a
+    #: key→value store (query = key projection, key of t = token t-1); with the plain init a
+    #: memory learned to return *a* stored value, not the one its key addresses (docs/memory.md)
+    qk_init: str = "independent"
+    key_conv_init: str = "identity"
     steps: int = 800
     batch_size: int = 16
     learning_rate: float = 3e-3
@@ -316,6 +321,8 @@ def demo_memory_settings(window: int, mem: DemoMemorySettings) -> MemorySettings
         conv_kernel=mem.conv_kernel,
         alpha_bias=mem.alpha_bias,
         carry_context=mem.carry_context,
+        qk_init=mem.qk_init,
+        key_conv_init=mem.key_conv_init,
         chunk_train=chunk,
         chunk_prefill=chunk,
         init_seed=mem.seed,
