@@ -8,14 +8,18 @@ Run: ``python benchmarks/memory_passkey.py [--out runs/memory-passkey] [--smoke]
   passkey and MQAR over the synthetic :class:`~olmokit.data.longctx.TaskVocab` (32 values: chance
   is 1/32). Reused from ``OUT/base`` when built with the same settings. The passkey uses a 2-layer
   base (600 steps); MQAR a 3-layer one (2000 steps, ``OUT/base-mqar``), since the 2-layer base
-  barely solves MQAR even inside its window.
+  barely solves MQAR even inside its window, built with embeddings at std 1.0 and post-norms at
+  0.1 (``--mqar-base-embedding-std``, ``--mqar-base-post-norm-init``) so that a token's identity
+  survives OLMo-3's unit-scale sublayer outputs and a memory can tell one key from another.
 * **Memory** (:mod:`olmokit.memory`): MAG (written and read from the frozen base's contextual
   hidden states; the read RMS-normalised before its gate, ``retrieval_norm``), segments of one
   window, each also attending to the window before it through the base's carried KV cache
   (``--carry-context``, default ``auto``: Titans' sliding-window MAG; ``0``: isolated segments, as
   before, when needles on a segment's last tokens were lost); only the memory trains, on the task. Passkey: layer 1 of 2, 4 heads, the evidence 1-8
-  windows away, ``--steps`` (1200). MQAR: layer 2 of 3, 2 heads (head width 32), MLP hidden 128,
-  1-8 pairs per example 8-9 windows away, ``--mqar-steps`` (600).
+  windows away, ``--steps`` (1200). MQAR: layer 1 of 3, 2 heads (head width 32), MLP hidden 128,
+  started as a key→value store (``memory.qk_init: tied``, ``memory.key_conv_init:
+  previous_token``), lr 1e-2, 4-8 pairs per example 8-9 windows away, ``--mqar-steps`` (600).
+  docs/memory.md explains each of these (with the plain base and init 8 pairs stayed at ~0.1).
 * **Conditions**: ``base`` — the windowed base alone (the memory disabled; segments of ``W``
   with the same carried context, so with carry it is the plain sliding-window model, whose stacked
   layers reach back up to ``layers x (W - 1)`` tokens);
