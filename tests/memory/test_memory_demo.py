@@ -145,7 +145,10 @@ def test_make_demo_base_circuit_friendly_init(tmp_path):
     s = replace(SMOKE, steps=1, embedding_init_std=1.0, post_norm_init=0.1)
     plain = load_demo_base(make_demo_base(tmp_path / "plain", replace(SMOKE, steps=1), log=print))
     wide = load_demo_base(make_demo_base(tmp_path / "wide", s, log=print))
-    std = {n: float(m.get_input_embeddings().weight.std()) for n, m in (("p", plain), ("w", wide))}
+    std = {
+        n: float(m.get_input_embeddings().weight.detach().std())
+        for n, m in (("p", plain), ("w", wide))
+    }
     assert std["p"] < 0.05 and 0.9 < std["w"] < 1.1
     adapter = get_adapter(wide)
     norms = [
