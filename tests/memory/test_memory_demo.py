@@ -152,7 +152,9 @@ def test_make_demo_base_circuit_friendly_init(tmp_path):
     assert std["p"] < 0.05 and 0.9 < std["w"] < 1.1
     adapter = get_adapter(wide)
     norms = [
-        float(n.weight.mean()) for i in range(adapter.num_layers) for n in adapter.norms(i).values()
+        float(n.weight.detach().mean())
+        for i in range(adapter.num_layers)
+        for n in adapter.norms(i).values()
     ]
     assert norms and all(abs(v - 0.1) < 0.02 for v in norms)  # one lr-3e-3 step away
     with pytest.raises(ConfigError, match="embedding_init_std: built with 1.0, now 2.0"):
