@@ -426,7 +426,11 @@ def main() -> None:
         help="comma-separated gate_lambda grid: run only JoLA at each value (validation-based "
         "selection of the default) and write the accuracy-sparsity plot to --plot",
     )
-    ap.add_argument("--plot", default="docs/jola_accuracy_sparsity.png")
+    ap.add_argument(
+        "--plot",
+        help="write the accuracy-sparsity plot here (e.g. docs/jola_accuracy_sparsity.png); no "
+        "default, so a partial run never overwrites the documented figure",
+    )
     ap.add_argument("--report-from", help="print the table and plot from a --json file; no runs")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -449,7 +453,8 @@ def main() -> None:
             sys.exit(f"--report-from mixes models {sorted(tags)}: one table per model")
         a.model_tag = tags.pop() if tags else a.model_tag
         print(report(base, runs, a))
-        plot_runs(base, runs, a.plot)
+        if a.plot:
+            plot_runs(base, runs, a.plot)
         return
     methods = a.methods.split(",")
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -488,7 +493,8 @@ def main() -> None:
         with open(a.json, "w") as f:
             json.dump({"model": a.model_tag, "base": base, "runs": runs}, f)
     print(report(base, runs, a))
-    plot_runs(base, runs, a.plot)
+    if a.plot:
+        plot_runs(base, runs, a.plot)
 
 
 def plot_runs(base: dict[str, float], runs: dict[str, Any], path: str) -> None:
@@ -555,7 +561,9 @@ def sweep(a: Any, tok: Any) -> None:
                 agg.append((statistics.mean(p["open_heads"] for p in rs),
                             statistics.mean(p[key] for p in rs), f"{lam:g}"))  # fmt: skip
             series[f"{name} {key}"] = agg
-    plot_accuracy_sparsity(series, a.plot, references={f"base {k}": v for k, v in base.items()})
+    if a.plot:
+        refs = {f"base {k}": v for k, v in base.items()}
+        plot_accuracy_sparsity(series, a.plot, references=refs)
     print("| task | gate_lambda | valid | test | open heads (g>0) | open (g>0.5) |")
     print("|---|---|---|---|---|---|")
     for name, pts in points.items():
