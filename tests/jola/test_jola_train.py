@@ -212,7 +212,7 @@ def test_seed_style_scheduler_argument(zoo_tokenizer):
     detach_jola(m)
     attach_jola(m, JoLASettings(gate_scheduler="cyclic", gate_lambda=0.5))
     tr = JoLATrainer(model=m, tokenizer=zoo_tokenizer)
-    assert tr.gate_scheduler.name == "constant" and tr.jola_settings.gate_lambda == 5e-2
+    assert tr.gate_scheduler.name == "constant" and tr.jola_settings.gate_lambda == 7e-2
     tr = JoLATrainer(model=m, jola_settings=JoLASettings(gate_scheduler="perform", gate_lambda=0.2))
     assert tr.gate_scheduler.name == "perform" and tr.jola_settings.gate_lambda == 0.2
 

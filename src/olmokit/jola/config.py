@@ -155,13 +155,14 @@ class JoLASettings(OlmokitConfig):
         "decays the penalty to nothing (0.1*exp(-0.01 t)), so gates are never pushed shut",
     )
     gate_lambda: float = Field(
-        5e-2,
+        7e-2,
         ge=0,
         description="penalty strength (form 'strength'): loss = CE + gate_lambda*s_t*E[#open gates]. "
-        "Default chosen on validation (stdlib_module, 3 seeds; rule: the smallest lambda leaving <= 25% "
-        "of heads open whose validation score is within one std of the sweep's best): 1e-2 43% open "
-        "(0.320), 3e-2 27% (0.323), 4e-2 26% (0.323), 5e-2 24% (0.320), 7e-2 21% (0.320), 1e-1 20% "
-        "(0.307); see docs/jola.md",
+        "Default chosen on validation (3 seeds per point; rule: the smallest lambda leaving <= 25% "
+        "of heads open on every classification task whose validation score is within one std of "
+        "that task's best): stdlib_module 1e-2 43% open (0.320), 3e-2 27% (0.323), 4e-2 26% "
+        "(0.323), 5e-2 24% (0.320), 7e-2 21% (0.320), 1e-1 20% (0.307); stdlib_kind 0 100% "
+        "(0.253), 5e-2 27% (0.250), 7e-2 24% (0.250), 1e-1 21% (0.247); see docs/jola.md",
     )
     penalty: Literal["strength", "mixing"] = Field(
         "strength",
