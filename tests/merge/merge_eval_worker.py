@@ -118,6 +118,10 @@ def _worker(rank: int, size: int, out: str) -> None:
             "any_process": [ev.any_process(rank == 1), ev.any_process(False)],
         }
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+        # both ranks done before either tears gloo down: a rank that destroys the group while the
+        # other still holds its connection can abort the other ("terminate called without an
+        # active exception", seen once in CI)
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
