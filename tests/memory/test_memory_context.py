@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from common import random_tokens
+from memory_support import SEG, open_gates, tiny_settings
 from transformers import AutoModelForCausalLM
 
 from olmokit.errors import ConfigError
@@ -21,7 +22,6 @@ from olmokit.memory import (
 from olmokit.zoo.presets import make_config, random_model
 
 W = 8  # the sliding window of the all-sliding base below and of the zoo's tiny OLMo-3
-SEG = 8
 
 
 def sliding_base(window: int = W) -> torch.nn.Module:
@@ -38,16 +38,7 @@ def sliding_base(window: int = W) -> torch.nn.Module:
 
 
 def settings(mode: str = "mag", **kw) -> MemorySettings:
-    base = dict(memory_layers=[1], mode=mode, segment_len=SEG, chunk_train=4, chunk_prefill=4,
-                chunk_decode=4, heads=2, hidden=16, carry_context=W)  # fmt: skip
-    return MemorySettings(**{**base, **kw})
-
-
-def open_gates(mm, value: float = 0.5) -> None:
-    with torch.no_grad():
-        for name, p in mm.named_parameters():
-            if p.requires_grad and name.endswith("gate"):
-                p.fill_(value)
+    return tiny_settings(mode, **{"carry_context": W, **kw})
 
 
 def build(family="olmo3", mode="mag", **kw):

@@ -5,25 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from common import TOOL_FAMILIES, random_tokens
+from memory_support import SEG, open_gates, tiny_settings
 
 from olmokit.memory import MemorySettings, attach_memory
 from olmokit.memory.layers import MemoryLayer
 from olmokit.zoo.presets import random_model
 
-SEG = 8  # = OLMo-3 tiny's sliding window
-
 
 def settings(mode: str, **kw) -> MemorySettings:
-    base = dict(memory_layers=[1], mode=mode, segment_len=SEG, chunk_train=4, chunk_prefill=4,
-                chunk_decode=4, heads=2, hidden=16, persistent_tokens=2)  # fmt: skip
-    return MemorySettings(**{**base, **kw})
-
-
-def open_gates(mm, value: float = 0.5) -> None:
-    with torch.no_grad():
-        for name, p in mm.named_parameters():
-            if p.requires_grad and name.endswith("gate"):
-                p.fill_(value)
+    return tiny_settings(mode, **{"persistent_tokens": 2, **kw})
 
 
 def segmented_base_logits(model, ids: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from common import random_tokens
+from memory_support import SEG, open_gates, tiny_settings
 
 from olmokit.errors import CheckpointError, ConfigError
 from olmokit.inject import BaseWeightsWarning
 from olmokit.memory import (
     MemoryModelState,
-    MemorySettings,
     attach_memory,
     load_memory,
     load_memory_state,
@@ -22,25 +22,10 @@ from olmokit.memory import (
 )
 from olmokit.zoo.presets import random_model
 
-SEG = 8
-
-
-def settings(mode: str = "mag", **kw) -> MemorySettings:
-    base = dict(memory_layers=[1], mode=mode, segment_len=SEG, chunk_train=4, chunk_prefill=4,
-                chunk_decode=4, heads=2, hidden=16)  # fmt: skip
-    return MemorySettings(**{**base, **kw})
-
-
-def open_gates(mm, value: float = 0.5) -> None:
-    with torch.no_grad():
-        for name, p in mm.named_parameters():
-            if p.requires_grad and name.endswith("gate"):
-                p.fill_(value)
-
 
 def build(family="olmo2", mode="mag", **kw):
     model = random_model(family, "tiny", seed=0)
-    return attach_memory(model, settings(mode, **kw))
+    return attach_memory(model, tiny_settings(mode, **kw))
 
 
 @pytest.mark.parametrize("family", ["olmo2", "olmo3"])
