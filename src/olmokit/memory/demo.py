@@ -227,10 +227,9 @@ def make_demo_base(
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        circuit_friendly_init(
-            model, settings.embedding_init_std, settings.post_norm_init, settings.seed
-        )
+    circuit_friendly_init(
+        model, settings.embedding_init_std, settings.post_norm_init, settings.seed
+    )
     train = base_training_set(settings, settings.steps * settings.batch_size)
     log(
         f"make_demo_base: training a {settings.num_layers}-layer windowed base (window "
