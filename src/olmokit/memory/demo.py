@@ -96,7 +96,8 @@ class DemoBaseSettings:
     #: sublayer's output to unit scale, so with 0.02 embeddings a token's own identity is a few
     #: percent of the stream after one layer; a memory keyed on the middle layers' hidden states
     #: then cannot tell one MQAR key from another (measured: the cosine of a query to its own key
-    #: was 0.21 against 0.16 to the other keys), and recalls a stored value, but the wrong one.
+    #: was 0.21 against 0.15 to the other keys; benchmarks/memory_mqar_keys.py), and recalls a
+    #: stored value, but the wrong one.
     #: See :func:`olmokit.zoo.build.circuits.circuit_friendly_init`.
     embedding_init_std: float | None = None
     post_norm_init: float | None = None  #: initial post-sublayer norm weight (None: 1)
