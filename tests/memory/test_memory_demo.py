@@ -14,6 +14,7 @@ from olmokit.memory.demo import (
     DemoMemorySettings,
     attach_demo_memory,
     demo_base_config,
+    demo_memory_settings,
     in_window_example,
     load_demo_base,
     make_demo_base,
@@ -177,6 +178,19 @@ def test_memory_stage_trains_only_the_memory(built, tmp_path):
     assert all(torch.equal(after[k], v) for k, v in base_before.items())
     changed = [not torch.equal(a, p) for a, p in zip(mem_before, mm.memory_parameters())]
     assert any(changed)
+
+
+def test_demo_memory_settings_pass_the_memory_options_through():
+    """Every DemoMemorySettings field the MQAR stage sets reaches MemorySettings (a field dropped
+    here would silently train the plain memory)."""
+    mem = DemoMemorySettings(
+        layer=2, heads=2, hidden=32, conv_kernel=3, alpha_bias=-6.0, carry_context=5,
+        qk_init="tied", key_conv_init="previous_token", seed=4,
+    )  # fmt: skip
+    s = demo_memory_settings(16, mem)
+    got = (s.memory_layers, s.heads, s.hidden, s.conv_kernel, s.alpha_bias, s.carry_context,
+           s.qk_init, s.key_conv_init, s.init_seed, s.segment_len, s.chunk_train)  # fmt: skip
+    assert got == ([2], 2, 32, 3, -6.0, 5, "tied", "previous_token", 4, 16, 8)
 
 
 def test_cli_verb_is_registered():
