@@ -14,7 +14,9 @@ Methods
 * ``lofit``: LoFiT's two stages on the same budget: half the steps train A on every head (ungated,
   L1 5e-4 as in LoFiT), the top-k heads by ‖A‖ are kept (k = 25% of heads), then half the steps train
   A and v on those heads only (the others stay identity).
-* ``lora`` (r 8 on q, v; lr 1e-3) and ``ia3`` (k, v, down_proj; lr 5e-3) from PEFT.
+* ``lora`` (r 8 on q, v; lr 1e-3) and ``ia3`` (k, v, down_proj; lr 5e-3) from PEFT; LoRA grid
+  points ``lora:r=1/targets=o`` (``+``-joined targets among q, k, v, o, gate, up, down; ``lr=``)
+  give a LoRA with JoLA's parameter budget.
 
 Every trained method stops early on the validation loss (patience 3, evaluated every ``eval_every``
 steps) and restores its best evaluation. Run: ``nice python benchmarks/jola_quality.py`` (3 seeds, 4
@@ -258,10 +260,13 @@ def train_method(
         from peft import IA3Config, LoraConfig, get_peft_model
 
         spec = get_adapter(model).spec
-        q, k_, v = (spec.attn_projections[x] for x in "qkv")
+        k_, v = (spec.attn_projections[x] for x in "kv")
         down = spec.mlp_projections["down"]
-        if method == "lora":
-            cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[q, v])
+        peft_lr = LR.get(method)
+        if method.startswith("lora"):
+            rank, targets, peft_lr = parse_lora_variant(method)
+            modules = [{**spec.attn_projections, **spec.mlp_projections}[t] for t in targets]
+            cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=modules)
         else:
             cfg = IA3Config(target_modules=[k_, v, down], feedforward_modules=[down])
         cfg.task_type = "CAUSAL_LM"
@@ -271,7 +276,7 @@ def train_method(
 
         tr = Trainer(
             model=model,
-            args=_args(out, seed, steps, bs, LR[method], eval_every),
+            args=_args(out, seed, steps, bs, peft_lr, eval_every),
             train_dataset=data.train,
             eval_dataset=data.valid,
             data_collator=PaddingCollator(tok.pad_token_id),
@@ -329,6 +334,36 @@ def parse_variant(method: str, lr: float, steps: int) -> tuple[dict[str, Any], f
             raise SystemExit(f"unknown grid key {key!r} in {method!r}; valid: lr, steps, "
                              + ", ".join(VARIANT_KEYS))  # fmt: skip
     return upd, lr, steps
+
+
+#: projections a ``lora:`` grid point may target (the family adapter's role names)
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def parse_lora_variant(method: str) -> tuple[int, list[str], float]:
+    """``lora`` (r 8 on q, v; lr 1e-3, alpha = 2r) or ``lora:r=1/targets=o/lr=1e-3`` (targets
+    joined by ``+``) -> (rank, target roles, learning rate). Small ranks give a LoRA with JoLA's
+    parameter budget (r 1 on ``o_proj``: L * (d_model + H*d_head) = 2,048 on the zoo model against
+    JoLA's 2,112), separating "LoRA has more parameters" from "LoRA edits a better place"."""
+    rank, targets, lr = 8, ["q", "v"], LR["lora"]
+    if ":" in method:
+        for item in method.split(":", 1)[1].split("/"):
+            key, _, val = item.partition("=")
+            if key == "r":
+                rank = int(val)
+            elif key == "targets":
+                targets = val.split("+")
+                bad = [t for t in targets if t not in LORA_TARGETS]
+                if bad:
+                    raise SystemExit(f"unknown LoRA target(s) {bad} in {method!r}; valid: "
+                                     + ", ".join(LORA_TARGETS))  # fmt: skip
+            elif key == "lr":
+                lr = float(val)
+            else:
+                raise SystemExit(
+                    f"unknown LoRA grid key {key!r} in {method!r}; valid: r, targets, lr"
+                )
+    return rank, targets, lr
 
 
 def _log_alphas(model: Any) -> torch.Tensor:

@@ -97,3 +97,20 @@ def test_report_from_refuses_to_mix_models(jq, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["jq", "--report-from", files, "--plot", plot])
     with pytest.raises(SystemExit, match="mixes models"):
         jq.main()
+
+
+def test_lora_grid_point_trains_the_named_rank_and_targets(jq):
+    """``lora:r=1/targets=o`` is the parameter-matched LoRA of the capacity comparison: rank 1 on
+    ``o_proj`` is 4 layers x (256 + 256) = 2,048 trainable parameters on the zoo model (JoLA: 2,112);
+    the plain ``lora`` keeps r 8 on q and v (32,768). Unknown keys and targets are refused."""
+    assert jq.parse_lora_variant("lora") == (8, ["q", "v"], 1e-3)
+    assert jq.parse_lora_variant("lora:r=1/targets=o+v/lr=2e-3") == (1, ["o", "v"], 2e-3)
+    with pytest.raises(SystemExit, match="valid: q, k, v, o"):
+        jq.parse_lora_variant("lora:targets=o_proj")
+    with pytest.raises(SystemExit, match="valid: r, targets, lr"):
+        jq.parse_lora_variant("lora:rank=1")
+    torch.set_num_threads(1)
+    tok = load_tokenizer()
+    data = jq.task_data("stdlib_module", tok, 8, 4, test_limit=4)
+    res = jq.train_method("lora:r=1/targets=o", data, tok, 0, steps=2, eval_every=2)
+    assert res["params"] == 2048
