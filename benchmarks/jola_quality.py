@@ -628,7 +628,8 @@ def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
         metric = "exact match" if gen else "accuracy"
         b = base.get(name, float("nan"))
         lines.append(f"| {name} | {metric} | base | - | {b:.3f} | - | 0 | - | - |")
-        entry: dict[str, Any] = {"base": round(base.get(name, float("nan")), 4)}
+        # null, not NaN, when the base was not run: the RESULT line must stay strict JSON
+        entry: dict[str, Any] = {"base": round(base[name], 4) if name in base else None}
         for m, rs in by_method.items():
             if not rs:  # a method the run did not reach (partial results)
                 continue

@@ -114,3 +114,17 @@ def test_lora_grid_point_trains_the_named_rank_and_targets(jq):
     data = jq.task_data("stdlib_module", tok, 8, 4, test_limit=4)
     res = jq.train_method("lora:r=1/targets=o", data, tok, 0, steps=2, eval_every=2)
     assert res["params"] == 2048
+
+
+def test_result_line_is_strict_json_without_a_base_run(jq, monkeypatch, tmp_path, capsys):
+    """A partial run without ``base`` (e.g. only a LoRA grid point) printed ``"base": NaN``, which
+    strict JSON parsers refuse; it is ``null`` now, and a present base keeps its value."""
+    run = {"test": 0.5, "valid": 0.4, "params": 2048}
+    d = {"model": "olmo2-stdlib", "base": {"u": 0.25}, "runs": {"t": {"lora": [run]}, "u": {"lora": [run]}}}
+    (tmp_path / "a.json").write_text(json.dumps(d))
+    monkeypatch.setattr(sys, "argv", ["jq", "--report-from", str(tmp_path / "a.json")])
+    jq.main()
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("RESULT ")
+    result = json.loads(line[len("RESULT ") :], parse_constant=lambda c: pytest.fail(c))
+    assert result == {"t": {"base": None, "lora": 0.5}, "u": {"base": 0.25, "lora": 0.5}}
