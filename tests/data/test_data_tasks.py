@@ -61,3 +61,22 @@ def test_mc_from_records():
     )
     with pytest.raises(DataError, match="f:2"):
         mc_examples_from_records([bad])
+
+
+def test_heldout_distractors_answers_draws_every_choice_from_the_answers(task):
+    """The original held-out split puts a large package in every answer but draws distractors from
+    all 61 labels; ``heldout_distractors='answers'`` draws them from the held-out answers' own
+    names, and leaves the training split (and the held-out questions and answers) unchanged."""
+    held_answers = {ex.answer_text for ex in task.heldout}
+    all_choices = {c for ex in task.heldout for c in ex.choices}
+    assert len(held_answers) < 20 < len(all_choices)  # the defect: 12 answers, ~61 names offered
+    fair = stdlib_module_task(heldout_distractors="answers")
+    assert fair.train == task.train
+    assert [(ex.answer_text, ex.source) for ex in fair.heldout] == [
+        (ex.answer_text, ex.source) for ex in task.heldout
+    ]
+    for ex in fair.heldout:
+        assert set(ex.choices) <= held_answers and len(set(ex.choices)) == 4
+        assert all(c in ex.prompt for c in ex.choices)
+    with pytest.raises(ConfigError, match="'all' or 'answers'"):
+        stdlib_module_task(heldout_distractors="some")

@@ -148,8 +148,20 @@ def stdlib_module_task(
     per_label_cap: int = 40,
     max_doc_chars: int = 240,
     min_doc_chars: int = 24,
+    heldout_distractors: str = "all",
 ) -> Task:
-    """Docstring → its standard-library module, 4-way multiple choice (see the module docstring)."""
+    """Docstring → its standard-library module, 4-way multiple choice (see the module docstring).
+
+    ``heldout_distractors``: where the wrong choices of held-out questions come from. ``"all"``
+    (the original task): any label, as in training. But only the few large packages have held-out
+    files, so every held-out *answer* is one of them while the distractors come from all labels, and
+    a preference among the names rewards a method on held-out that validation does not see.
+    ``"answers"``: only labels that are some held-out question's answer, so every held-out choice
+    is drawn from the same names. Training examples are identical either way."""
+    if heldout_distractors not in ("all", "answers"):
+        raise ConfigError(
+            f"heldout_distractors must be 'all' or 'answers', not {heldout_distractors!r}"
+        )
     by_split: dict[bool, dict[str, list[tuple[str, str]]]] = {
         False: defaultdict(list),
         True: defaultdict(list),
@@ -177,9 +189,18 @@ def stdlib_module_task(
             rng.shuffle(docs)
             pool += [(label, text, src) for text, src in docs[:per_label_cap]]
         rng.shuffle(pool)
+        pool = pool[:n]
+        names = labels
+        if held and heldout_distractors == "answers":
+            names = sorted({label for label, _, _ in pool})
+            if len(names) < num_choices:
+                raise DataError(
+                    f"stdlib_module: only {len(names)} modules have held-out docstrings; "
+                    f"{num_choices} choices need heldout_distractors='all'"
+                )
         out = []
-        for label, text, src in pool[:n]:
-            options = rng.sample([x for x in labels if x != label], num_choices - 1) + [label]
+        for label, text, src in pool:
+            options = rng.sample([x for x in names if x != label], num_choices - 1) + [label]
             rng.shuffle(options)
             prompt = (
                 "Which Python standard-library module is this docstring from?\n\n"
