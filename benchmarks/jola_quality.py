@@ -14,6 +14,9 @@ Methods
 * ``lofit``: LoFiT's two stages on the same budget: half the steps train A on every head (ungated,
   L1 5e-4 as in LoFiT), the top-k heads by ‖A‖ are kept (k = 25% of heads), then half the steps train
   A and v on those heads only (the others stay identity).
+* ``refit``: JoLA's gates localize (the defaults, half the steps), then every open gate is fixed
+  at 1 and every closed one at 0 and A and v of the open heads train the other half without gate
+  noise (a diagnostic of what the stochastic gates cost; not a method of the library).
 * ``lora`` (r 8 on q, v; lr 1e-3) and ``ia3`` (k, v, down_proj; lr 5e-3) from PEFT; LoRA grid
   points ``lora:r=1/targets=o`` (``+``-joined targets among q, k, v, o, gate, up, down; ``lr=``)
   give a LoRA with JoLA's parameter budget.
@@ -56,7 +59,7 @@ from olmokit.jola.data import encode_all
 from olmokit.jola.sparsity import open_heads
 from olmokit.loading import load_model, load_tokenizer
 
-METHODS = ("base", "jola", "dense", "ungated", "lofit", "lora", "ia3")
+METHODS = ("base", "jola", "dense", "ungated", "lofit", "refit", "lora", "ia3")
 TRAINED = METHODS[1:]
 #: the methods every seed runs (the targets compare JoLA with LoRA and IA3)
 CORE = ("jola", "lora", "ia3")
@@ -167,6 +170,18 @@ def _freeze_gates_open(model: Any) -> None:
                 p.requires_grad_(False)
 
 
+def _fix_gates(model: Any) -> None:
+    """``refit``'s switch: every gate open at evaluation (expected gate > 0) becomes exactly 1,
+    every other exactly 0 (log-alpha ±20: with the noise clipped to (1e-6, 1 - 1e-6) every
+    HardConcrete sample saturates), and the log-alphas stop training, so stage 2 fits A and v of
+    the localized heads without gate noise."""
+    with torch.no_grad():
+        for e in jola_edits(model).values():
+            for p, g in zip((e.log_g1, e.log_g2), e.gates(training=False), strict=True):
+                p.copy_(torch.where(g > 0, 20.0, -20.0))
+                p.requires_grad_(False)
+
+
 def train_method(
     method: str,
     data: TaskData,
@@ -195,7 +210,7 @@ def train_method(
         upd, lr, steps = parse_variant(method, lr, steps)
         settings = (settings or JoLASettings()).model_copy(update=upd)
         method = "jola"
-    if method in ("jola", "dense", "ungated", "lofit"):
+    if method in ("jola", "dense", "ungated", "lofit", "refit"):
         base = settings or JoLASettings()
         upd: dict[str, Any] = {"init_seed": seed}
         if method in ("dense", "ungated", "lofit"):
@@ -205,7 +220,21 @@ def train_method(
         la0 = _log_alphas(model)
         if method == "ungated":
             _freeze_gates_open(model)
-        if method != "lofit":
+        if method == "refit":  # localize with the gates, then refit the open heads gate-free
+            half = steps // 2
+            tr = _jola_trainer(
+                model, _args(out, seed, half, bs, lr, eval_every), data, tok, s, patience
+            )
+            tr.train()
+            _fix_gates(model)
+            tr = _jola_trainer(
+                model, _args(out + "-2", seed, steps - half, bs, lr, eval_every), data, tok, s,
+                patience,
+            )  # fmt: skip
+            tr.train()
+            res["best_step"] = (tr.best or {}).get("step")
+            res["steps_run"] = half + tr.state.global_step
+        elif method != "lofit":
             tr = _jola_trainer(
                 model, _args(out, seed, steps, bs, lr, eval_every), data, tok, s, patience
             )
@@ -289,7 +318,7 @@ def train_method(
         best.restore()
         res["best_step"] = best.best_step
         res["steps_run"] = tr.state.global_step
-    if method in ("jola", "dense", "ungated", "lofit"):
+    if method in ("jola", "dense", "ungated", "lofit", "refit"):
         # heads whose edit is not the identity at evaluation (LoFiT: must equal the selection)
         res["edited_heads"] = int(
             sum(

@@ -120,7 +120,11 @@ def test_result_line_is_strict_json_without_a_base_run(jq, monkeypatch, tmp_path
     """A partial run without ``base`` (e.g. only a LoRA grid point) printed ``"base": NaN``, which
     strict JSON parsers refuse; it is ``null`` now, and a present base keeps its value."""
     run = {"test": 0.5, "valid": 0.4, "params": 2048}
-    d = {"model": "olmo2-stdlib", "base": {"u": 0.25}, "runs": {"t": {"lora": [run]}, "u": {"lora": [run]}}}
+    d = {
+        "model": "olmo2-stdlib",
+        "base": {"u": 0.25},
+        "runs": {"t": {"lora": [run]}, "u": {"lora": [run]}},
+    }
     (tmp_path / "a.json").write_text(json.dumps(d))
     monkeypatch.setattr(sys, "argv", ["jq", "--report-from", str(tmp_path / "a.json")])
     jq.main()
@@ -128,3 +132,27 @@ def test_result_line_is_strict_json_without_a_base_run(jq, monkeypatch, tmp_path
     assert line.startswith("RESULT ")
     result = json.loads(line[len("RESULT ") :], parse_constant=lambda c: pytest.fail(c))
     assert result == {"t": {"base": None, "lora": 0.5}, "u": {"base": 0.25, "lora": 0.5}}
+
+
+def test_refit_fixes_open_gates_at_one_and_closed_at_zero(jq):
+    """``refit`` (localize, then refit gate-free): after ``_fix_gates`` every gate that was open at
+    evaluation is exactly 1 in training and evaluation, every closed one exactly 0, and no log-alpha
+    trains any more; the set of open gates is the one the evaluation gate had."""
+    from olmokit.jola import JoLASettings, attach_jola
+
+    torch.manual_seed(0)
+    model = load_model(None)
+    attach_jola(model, JoLASettings(log_alpha_init=0.0))
+    edits = jola_edits(model)
+    with torch.no_grad():  # a mix: clearly open, clearly closed, and borderline gates
+        for e in edits.values():
+            e.log_g1.copy_(torch.linspace(-4, 4, e.log_g1.numel()))
+            e.log_g2.copy_(torch.linspace(4, -4, e.log_g2.numel()))
+    before = [tuple(g > 0 for g in e.gates(training=False)) for e in edits.values()]
+    jq._fix_gates(model)
+    for e, (o1, o2) in zip(edits.values(), before, strict=True):
+        for train in (True, False):
+            g1, g2 = e.gates(training=train)
+            assert torch.equal(g1, o1.float()) and torch.equal(g2, o2.float())
+        assert not e.log_g1.requires_grad and not e.log_g2.requires_grad
+    assert 0 < sum(int(o1.sum() + o2.sum()) for o1, o2 in before) < 2 * 32
