@@ -59,7 +59,9 @@ from olmokit.jola.data import encode_all
 from olmokit.jola.sparsity import open_heads
 from olmokit.loading import load_model, load_tokenizer
 
-METHODS = ("base", "jola", "dense", "ungated", "lofit", "refit", "lora", "ia3")
+METHODS = ("base", "jola", "dense", "ungated", "lofit", "lora", "ia3")
+#: methods run only when named (``--methods refit``): diagnostics, not baselines of the targets
+DIAGNOSTICS = ("refit",)
 TRAINED = METHODS[1:]
 #: the methods every seed runs (the targets compare JoLA with LoRA and IA3)
 CORE = ("jola", "lora", "ia3")
@@ -510,9 +512,8 @@ def main() -> None:
     torch.set_num_threads(1)
     tok = load_tokenizer(a.model)
     a.model_tag = _model_tag(a.model)
-    if (
-        a.distractors != "all"
-    ):  # another held-out split: its tables must not mix with the shipped one
+    # another held-out split: its tables must not mix with the shipped split's
+    if a.distractors != "all":
         a.model_tag += f" (stdlib_module held-out distractors: {a.distractors})"
     if a.sweep:
         sweep(a, tok)
@@ -535,6 +536,14 @@ def main() -> None:
             plot_runs(base, runs, a.plot)
         return
     methods = a.methods.split(",")
+    unknown = [
+        m
+        for m in methods
+        if m not in METHODS + DIAGNOSTICS and not m.startswith(("jola:", "lora:"))
+    ]
+    if unknown:  # a typo must not fall through to a PEFT baseline
+        sys.exit(f"unknown method(s) {unknown}; valid: {', '.join(METHODS + DIAGNOSTICS)}, "
+                 "jola:<grid point>, lora:<grid point>")  # fmt: skip
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     base: dict[str, float] = {}
     t0 = time.time()

@@ -156,3 +156,10 @@ def test_refit_fixes_open_gates_at_one_and_closed_at_zero(jq):
             assert torch.equal(g1, o1.float()) and torch.equal(g2, o2.float())
         assert not e.log_g1.requires_grad and not e.log_g2.requires_grad
     assert 0 < sum(int(o1.sum() + o2.sum()) for o1, o2 in before) < 2 * 32
+
+
+def test_unknown_method_is_refused_before_any_training(jq, monkeypatch):
+    """Unknown names fell through to the PEFT branch (and trained IA3 under a wrong label)."""
+    monkeypatch.setattr(sys, "argv", ["jq", "--tasks", "stdlib_module", "--methods", "jola,lorra"])
+    with pytest.raises(SystemExit, match=r"unknown method\(s\) \['lorra'\]; valid: base, jola"):
+        jq.main()
