@@ -99,7 +99,7 @@ def test_report_from_refuses_to_mix_models(jq, monkeypatch, tmp_path):
         jq.main()
 
 
-def test_lora_grid_point_trains_the_named_rank_and_targets(jq):
+def test_lora_grid_point_parses_rank_targets_and_lr(jq):
     """``lora:r=1/targets=o`` is the parameter-matched LoRA of the capacity comparison: rank 1 on
     ``o_proj`` is 4 layers x (256 + 256) = 2,048 trainable parameters on the zoo model (JoLA: 2,112);
     the plain ``lora`` keeps r 8 on q and v (32,768). Unknown keys and targets are refused."""
@@ -109,6 +109,12 @@ def test_lora_grid_point_trains_the_named_rank_and_targets(jq):
         jq.parse_lora_variant("lora:targets=o_proj")
     with pytest.raises(SystemExit, match="valid: r, targets, lr"):
         jq.parse_lora_variant("lora:rank=1")
+
+
+def test_lora_grid_point_has_jolas_parameter_budget(jq):
+    """Training through PEFT (the ``[bench]`` extra, as every PEFT baseline): rank 1 on ``o_proj``
+    trains exactly 4 x (256 + 256) parameters."""
+    pytest.importorskip("peft")
     torch.set_num_threads(1)
     tok = load_tokenizer()
     data = jq.task_data("stdlib_module", tok, 8, 4, test_limit=4)
