@@ -56,7 +56,7 @@ from olmokit.jola import (
 )
 from olmokit.jola.config import TrainingSection
 from olmokit.jola.data import encode_all
-from olmokit.jola.sparsity import open_heads
+from olmokit.jola.sparsity import CLOSED_LOG_ALPHA, open_heads
 from olmokit.loading import load_model, load_tokenizer
 
 METHODS = ("base", "jola", "dense", "ungated", "lofit", "lora", "ia3")
@@ -168,19 +168,21 @@ def _freeze_gates_open(model: Any) -> None:
     with torch.no_grad():
         for e in jola_edits(model).values():
             for p in (e.log_g1, e.log_g2):
-                p.fill_(10.0)  # eval gate exactly 1, sampled gate 1 up to ~1e-13 noise
+                # eval gate exactly 1; a sampled gate falls below 1 only for noise u < ~1e-4
+                # (log-alpha 10); kept so the documented ungated figures stay reproducible
+                p.fill_(10.0)
                 p.requires_grad_(False)
 
 
 def _fix_gates(model: Any) -> None:
     """``refit``'s switch: every gate open at evaluation (expected gate > 0) becomes exactly 1,
-    every other exactly 0 (log-alpha ±20: with the noise clipped to (1e-6, 1 - 1e-6) every
-    HardConcrete sample saturates), and the log-alphas stop training, so stage 2 fits A and v of
-    the localized heads without gate noise."""
+    every other exactly 0 (log-alpha ±20, prune_jola's closed value: with the noise clipped to
+    (1e-6, 1 - 1e-6) every HardConcrete sample saturates), and the log-alphas stop training, so
+    stage 2 fits A and v of the localized heads without gate noise."""
     with torch.no_grad():
         for e in jola_edits(model).values():
             for p, g in zip((e.log_g1, e.log_g2), e.gates(training=False), strict=True):
-                p.copy_(torch.where(g > 0, 20.0, -20.0))
+                p.copy_(torch.where(g > 0, -CLOSED_LOG_ALPHA, CLOSED_LOG_ALPHA))
                 p.requires_grad_(False)
 
 
@@ -293,14 +295,14 @@ def train_method(
         from peft import IA3Config, LoraConfig, get_peft_model
 
         spec = get_adapter(model).spec
-        k_, v = (spec.attn_projections[x] for x in "kv")
-        down = spec.mlp_projections["down"]
-        peft_lr = LR.get(method)
         if method.startswith("lora"):
             rank, targets, peft_lr = parse_lora_variant(method)
             modules = [{**spec.attn_projections, **spec.mlp_projections}[t] for t in targets]
             cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=modules)
         else:
+            peft_lr = LR["ia3"]
+            k_, v = (spec.attn_projections[x] for x in "kv")
+            down = spec.mlp_projections["down"]
             cfg = IA3Config(target_modules=[k_, v, down], feedforward_modules=[down])
         cfg.task_type = "CAUSAL_LM"
         model = get_peft_model(model, cfg)
@@ -555,6 +557,7 @@ def main() -> None:
         if "base" in methods:
             bm = load_model(a.model)
             base[name] = score(bm, tok, data.test, data.generative)
+            base[name + ":valid"] = score(bm, tok, data.valid_ex, data.generative)
             if not data.generative:
                 base[name + ":turn"] = score(bm, tok, data.test, False, "turn")
             else:
@@ -683,7 +686,9 @@ def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
         gen = name in GENERATIVE
         metric = "exact match" if gen else "accuracy"
         b = base.get(name, float("nan"))
-        lines.append(f"| {name} | {metric} | base | - | {b:.3f} | - | 0 | - | - |")
+        bv = base.get(name + ":valid")  # files written before it was recorded have none
+        bvs = "-" if bv is None else f"{bv:.3f}"
+        lines.append(f"| {name} | {metric} | base | - | {b:.3f} | {bvs} | 0 | - | - |")
         # null, not NaN, when the base was not run: the RESULT line must stay strict JSON
         entry: dict[str, Any] = {"base": round(base[name], 4) if name in base else None}
         for m, rs in by_method.items():

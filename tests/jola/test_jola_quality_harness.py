@@ -128,13 +128,17 @@ def test_result_line_is_strict_json_without_a_base_run(jq, monkeypatch, tmp_path
     run = {"test": 0.5, "valid": 0.4, "params": 2048}
     d = {
         "model": "olmo2-stdlib",
-        "base": {"u": 0.25},
+        "base": {"u": 0.25, "u:valid": 0.3},
         "runs": {"t": {"lora": [run]}, "u": {"lora": [run]}},
     }
     (tmp_path / "a.json").write_text(json.dumps(d))
     monkeypatch.setattr(sys, "argv", ["jq", "--report-from", str(tmp_path / "a.json")])
     jq.main()
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    out = capsys.readouterr().out
+    # the base row shows its validation score when the run recorded one, "-" otherwise
+    assert "| u | accuracy | base | - | 0.250 | 0.300 | 0 |" in out
+    assert "| t | accuracy | base | - | nan | - | 0 |" in out
+    line = out.strip().splitlines()[-1]
     assert line.startswith("RESULT ")
     result = json.loads(line[len("RESULT ") :], parse_constant=lambda c: pytest.fail(c))
     assert result == {"t": {"base": None, "lora": 0.5}, "u": {"base": 0.25, "lora": 0.5}}
