@@ -67,6 +67,10 @@ TRAINED = METHODS[1:]
 CORE = ("jola", "lora", "ia3")
 LR = {"lora": 1e-3, "ia3": 5e-3}
 TASKS = ("stdlib_module", "stdlib_kind", "stdlib_defname", "stdlib_module_say")
+#: version of the tasks' held-out splits a ``--json`` file was run on. 2: each split has its own
+#: generator and stdlib_module's held-out distractors come from the held-out answers (files without
+#: the key are version 1), so ``--report-from`` never puts figures of two held-out draws in one table
+TASK_SPLITS = 2
 GENERATIVE = ("stdlib_defname", "stdlib_module_say")
 
 
@@ -87,7 +91,7 @@ def task_data(
     n_valid: int,
     loss_on: str = "answer",
     test_limit: int | None = None,
-    heldout_distractors: str = "all",
+    heldout_distractors: str = "answers",
 ) -> TaskData:
     kw = {"heldout_distractors": heldout_distractors} if name == "stdlib_module" else {}
     task = get_task(name, n_train=n_train + n_valid, seed=0, **kw)
@@ -463,6 +467,11 @@ def _model_tag(model_name: str | None) -> str:
     return "olmo2-stdlib" if model_name is None else Path(str(model_name)).name
 
 
+def _record(a: Any, base: dict[str, float], **results: Any) -> dict[str, Any]:
+    """What a ``--json`` file holds: the model and held-out split it was run on, then the numbers."""
+    return {"model": a.model_tag, "task_splits": TASK_SPLITS, "base": base, **results}
+
+
 def _ms(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -506,16 +515,17 @@ def main() -> None:
         "--heldout-distractors",
         dest="distractors",
         choices=("all", "answers"),
-        default="all",
-        help="stdlib_module's held-out wrong choices: from all labels (the task as shipped) or only "
-        "from the held-out answers' names (olmokit.data.tasks.stdlib_module_task)",
+        default="answers",
+        help="stdlib_module's held-out wrong choices: only from the held-out answers' names (the "
+        "default) or from all labels (the task as first shipped; olmokit.data.tasks."
+        "stdlib_module_task)",
     )
     a = ap.parse_args()
     torch.set_num_threads(1)
     tok = load_tokenizer(a.model)
     a.model_tag = _model_tag(a.model)
     # another held-out split: its tables must not mix with the shipped split's
-    if a.distractors != "all":
+    if a.distractors != "answers":
         a.model_tag += f" (stdlib_module held-out distractors: {a.distractors})"
     if a.sweep:
         sweep(a, tok)
@@ -525,14 +535,18 @@ def main() -> None:
         for path in a.report_from.split(","):
             with open(path) as f:
                 d = json.load(f)
-            tags.add(d.get("model", "olmo2-stdlib"))  # files written before --model: the zoo model
+            # files written before --model: the zoo model; before task_splits: version 1
+            tags.add((d.get("model", "olmo2-stdlib"), d.get("task_splits", 1)))
             for task, by_method in d["runs"].items():  # files may split seeds and methods
                 for m, rs in by_method.items():
                     runs.setdefault(task, {}).setdefault(m, []).extend(rs)
             base.update(d["base"])
         if len(tags) > 1:
-            sys.exit(f"--report-from mixes models {sorted(tags)}: one table per model and split")
-        a.model_tag = tags.pop() if tags else a.model_tag
+            sys.exit(
+                f"--report-from mixes models or task splits {sorted(tags)} ((model, task_splits) "
+                "per file): one table per model and held-out split"
+            )
+        a.model_tag = tags.pop()[0] if tags else a.model_tag
         print(report(base, runs, a))
         if a.plot:
             plot_runs(base, runs, a.plot)
@@ -573,7 +587,7 @@ def main() -> None:
                 runs[name][m].append(r)
                 if a.json:  # after every run, so a long benchmark's partial results survive
                     with open(a.json, "w") as f:
-                        json.dump({"model": a.model_tag, "base": base, "runs": runs}, f)
+                        json.dump(_record(a, base, runs=runs), f)
                 print(
                     f"# {name} seed {seed} {m}: test {r['test']:.3f} valid {r['valid']:.3f} "
                     f"open {r.get('open_heads')} best step {r.get('best_step')}/"
@@ -583,7 +597,7 @@ def main() -> None:
                 )
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model_tag, "base": base, "runs": runs}, f)
+            json.dump(_record(a, base, runs=runs), f)
     print(report(base, runs, a))
     if a.plot:
         plot_runs(base, runs, a.plot)
@@ -645,7 +659,7 @@ def sweep(a: Any, tok: Any) -> None:
                 print(f"# {name} lambda {lam:g} seed {seed}: {r}", file=sys.stderr, flush=True)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model_tag, "base": base, "points": points}, f)
+            json.dump(_record(a, base, points=points), f)
     series = {}
     for name, pts in points.items():
         for key in ("valid", "test"):

@@ -63,20 +63,34 @@ def test_mc_from_records():
         mc_examples_from_records([bad])
 
 
-def test_heldout_distractors_answers_draws_every_choice_from_the_answers(task):
-    """The original held-out split puts a large package in every answer but draws distractors from
-    all 61 labels; ``heldout_distractors='answers'`` draws them from the held-out answers' own
-    names, and leaves the training split (and the held-out questions and answers) unchanged."""
+def test_heldout_distractors_are_drawn_from_the_answers_by_default(task):
+    """Only the large packages have held-out files, so every held-out answer is one of ~12 names.
+    By default the distractors come from those names too; ``heldout_distractors='all'`` (the task as
+    first shipped) draws them from all ~61 labels, which rewards a preference for the large packages
+    that validation does not see. Training, and the held-out questions and answers, are the same."""
     held_answers = {ex.answer_text for ex in task.heldout}
-    all_choices = {c for ex in task.heldout for c in ex.choices}
-    assert len(held_answers) < 20 < len(all_choices)  # the defect: 12 answers, ~61 names offered
-    fair = stdlib_module_task(heldout_distractors="answers")
-    assert fair.train == task.train
-    assert [(ex.answer_text, ex.source) for ex in fair.heldout] == [
-        (ex.answer_text, ex.source) for ex in task.heldout
-    ]
-    for ex in fair.heldout:
+    assert len(held_answers) < 20
+    for ex in task.heldout:
         assert set(ex.choices) <= held_answers and len(set(ex.choices)) == 4
         assert all(c in ex.prompt for c in ex.choices)
+    shipped = stdlib_module_task(heldout_distractors="all")
+    assert len({c for ex in shipped.heldout for c in ex.choices}) > 20  # the defect, kept reachable
+    assert shipped.train == task.train
+    assert [(ex.answer_text, ex.source) for ex in shipped.heldout] == [
+        (ex.answer_text, ex.source) for ex in task.heldout
+    ]
     with pytest.raises(ConfigError, match="'all' or 'answers'"):
         stdlib_module_task(heldout_distractors="some")
+
+
+@pytest.mark.parametrize("name", ["stdlib_module", "stdlib_kind", "stdlib_defname"])
+def test_heldout_split_does_not_depend_on_n_train(name):
+    """Each split has its own generator: a larger training split (e.g. one that carves a bigger
+    validation split) leaves every held-out example as it was (with one generator, 0 of 232
+    stdlib_module held-out examples survived n_train 300 -> 500). stdlib_kind balances its kinds
+    per split size, so only the other two extend their training split as a prefix."""
+    small, large = get_task(name, n_train=300), get_task(name, n_train=500)
+    assert small.heldout == large.heldout
+    if name != "stdlib_kind":
+        assert large.train[:300] == small.train
+    assert get_task(name, seed=1).heldout != small.heldout  # the seed still redraws it

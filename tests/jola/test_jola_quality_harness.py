@@ -99,6 +99,22 @@ def test_report_from_refuses_to_mix_models(jq, monkeypatch, tmp_path):
         jq.main()
 
 
+def test_report_from_refuses_to_mix_task_splits(jq, monkeypatch, tmp_path):
+    """Files run before the held-out splits got their own generator (no ``task_splits`` key) hold
+    figures of another held-out draw: one table must not mix them with current files."""
+    run = {"test": 0.5, "valid": 0.5, "params": 1}
+    old = {"model": "olmo2-stdlib", "base": {"t": 0.1}, "runs": {"t": {"lora": [run]}}}
+    new = {**old, "task_splits": jq.TASK_SPLITS}
+    (tmp_path / "a.json").write_text(json.dumps(old))
+    (tmp_path / "b.json").write_text(json.dumps(new))
+    monkeypatch.setattr(sys, "argv", ["jq", "--report-from", f"{tmp_path / 'b.json'}"])
+    jq.main()  # one split: fine
+    files = f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}"
+    monkeypatch.setattr(sys, "argv", ["jq", "--report-from", files])
+    with pytest.raises(SystemExit, match="task splits"):
+        jq.main()
+
+
 def test_lora_grid_point_parses_rank_targets_and_lr(jq):
     """``lora:r=1/targets=o`` is the parameter-matched LoRA of the capacity comparison: rank 1 on
     ``o_proj`` is 4 layers x (256 + 256) = 2,048 trainable parameters on the zoo model (JoLA: 2,112);
