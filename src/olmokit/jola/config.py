@@ -170,10 +170,11 @@ class JoLASettings(OlmokitConfig):
         "s_t mixes additive vs multiplicative penalties, gate_lambda unused)",
     )
     gate_learning_rate: float | None = Field(
-        0.05,
+        0.1,
         gt=0,
         description="learning rate of the gate log-alphas (own optimizer group, same schedule); "
-        "null: training_config.learning_rate. Closing a gate needs log-alpha to move ~2.4",
+        "null: training_config.learning_rate. Closing a gate needs log-alpha to move from its init "
+        "to ~-2.4 (from 3: 5.4; the sum of the 150-step cosine schedule's rates at 0.1 is ~7.5)",
     )
     temperature: float = Field(0.33, gt=0, description="HardConcrete temperature beta")
     stretch_limits: tuple[float, float] = Field(
@@ -181,7 +182,13 @@ class JoLASettings(OlmokitConfig):
     )
     eps: float = Field(1e-6, gt=0, lt=0.5, description="uniform noise is drawn from (eps, 1-eps)")
     log_alpha_init: float | Literal["xavier"] = Field(
-        "xavier", description="'xavier' (reference: U(+-sqrt(6/(H+1)))) or a constant log-alpha"
+        3.0,
+        description="a constant log-alpha, or 'xavier' (the reference: U(+-sqrt(6/(H+1))), gates "
+        "about half open). Default 3: every gate starts open (expected gate 1), so the edit trains "
+        "at full strength from step 0 and the penalty closes the heads it does not need. Chosen on "
+        "validation loss (stdlib_module, 300 validation questions, 3 seeds): 3.36 nats with gate lr "
+        "0.1 against 3.63 for xavier with 0.05, both leaving 8 or fewer of 32 heads open; see "
+        "docs/jola.md",
     )
     edit_init_std: float = Field(
         1e-3, ge=0, description="A and v start as N(0, std^2); 0 = exact identity"
