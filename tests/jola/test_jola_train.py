@@ -44,10 +44,12 @@ def _records(n=24):
     ]
 
 
-def _trainer(tmp_path, tok, model=None, **section):
+def _trainer(tmp_path, tok, model=None, settings=None, **section):
     model = model or random_model("olmo2", "tiny", seed=0)
     # one shared learning rate and the expon schedule: what these tests were written against
-    settings = JoLASettings(gate_lambda=0.01, gate_learning_rate=None, gate_scheduler="expon")
+    settings = settings or JoLASettings(
+        gate_lambda=0.01, gate_learning_rate=None, gate_scheduler="expon"
+    )
     if not has_jola(model):
         attach_jola(model, settings)
     kw = dict(
@@ -104,7 +106,12 @@ def test_train_steps_scheduler_and_restores_best(tmp_path, zoo_tokenizer):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     # the best evaluation's adapter is the one restored at the end, and scores its eval loss again
     assert all(torch.equal(tr._best[2][k], after[k]) for k in after)
-    assert tr.best == {"eval_loss": pytest.approx(tr.evaluate()["eval_loss"], rel=1e-6), "step": 6}
+    again = tr.evaluate()
+    assert tr.best == {
+        "eval_loss": pytest.approx(again["eval_loss"], rel=1e-6),
+        "objective": pytest.approx(again["eval_objective"], rel=1e-6),
+        "step": 6,
+    }
     # base weights untouched
     fresh = random_model("olmo2", "tiny", seed=0)
     base_sd = {k: v for k, v in tr.model.state_dict().items() if ".jola." not in k}
@@ -212,7 +219,10 @@ def test_seed_style_scheduler_argument(zoo_tokenizer):
     detach_jola(m)
     attach_jola(m, JoLASettings(gate_scheduler="cyclic", gate_lambda=0.5))
     tr = JoLATrainer(model=m, tokenizer=zoo_tokenizer)
-    assert tr.gate_scheduler.name == "constant" and tr.jola_settings.gate_lambda == 7e-2
+    assert (
+        tr.gate_scheduler.name == "constant"
+        and tr.jola_settings.gate_lambda == JoLASettings().gate_lambda
+    )
     tr = JoLATrainer(model=m, jola_settings=JoLASettings(gate_scheduler="perform", gate_lambda=0.2))
     assert tr.gate_scheduler.name == "perform" and tr.jola_settings.gate_lambda == 0.2
 
@@ -263,3 +273,48 @@ def test_early_stopping_restores_the_best_step_not_the_last(tmp_path, zoo_tokeni
     final = jola_state_dict(tr.model)
     assert all(torch.equal(final[k], spoil.kept[k]) for k in final)  # step 2's adapter, restored
     assert tr.evaluate()["eval_loss"] == pytest.approx(tr.best["eval_loss"], rel=1e-6)
+
+
+class _CloseAllGates(TrainerCallback):
+    """After optimizer step `at`, every gate is shut (log-alpha -20: the edit is the identity and
+    the penalty 0), so from then on the eval loss is the base model's."""
+
+    def __init__(self, model, at):
+        self.model, self.at = model, at
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.at:
+            with torch.no_grad():
+                for e in jola_edits(self.model).values():
+                    e.log_g1.fill_(-20.0)
+                    e.log_g2.fill_(-20.0)
+
+
+class _Objectives(TrainerCallback):
+    def __init__(self):
+        self.seen = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        self.seen.append((state.global_step, metrics["eval_loss"], metrics["eval_objective"]))
+
+
+def test_best_step_is_chosen_by_the_validation_objective(tmp_path, zoo_tokenizer):
+    """The best adapter is the one with the lowest eval loss + gate penalty (what training
+    minimizes), not the lowest eval loss: with a strong penalty, the open-gated steps before every
+    gate is shut cost ~lambda per open gate, so the shut (identity) steps win whatever their loss."""
+    settings = JoLASettings(gate_scheduler="constant", gate_lambda=1.0)
+    model = random_model("olmo2", "tiny", seed=0)
+    attach_jola(model, settings)
+    tr = _trainer(tmp_path, zoo_tokenizer, model=model, settings=settings, max_steps=6)
+    record = _Objectives()
+    tr.add_callback(_CloseAllGates(tr.model, at=3))
+    tr.add_callback(record)
+    tr.train()
+    steps = {step: (loss, obj) for step, loss, obj in record.seen}
+    assert set(steps) == {2, 4, 6}
+    for step, (loss, obj) in steps.items():
+        assert obj >= loss and (obj - loss > 1.0) == (step == 2)  # 16 gates open at step 2
+    assert tr.best["step"] == min(steps, key=lambda s: (steps[s][1], s))
+    assert tr.best["step"] in (4, 6)
+    assert tr.best["objective"] == pytest.approx(steps[tr.best["step"]][1])
+    assert tr.best["eval_loss"] == pytest.approx(steps[tr.best["step"]][0])
