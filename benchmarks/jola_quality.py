@@ -707,8 +707,9 @@ def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
     lines = [
         f"model {a.model_tag}; {a.train} train / {a.valid} validation (from the training split) "
         f"examples; held-out test split; {a.steps} steps max x batch 8; {a.seeds} seeds; "
-        f"early stopping on validation loss (patience 3, every {a.eval_every} steps), best step "
-        "restored; choices scored on their answer tokens\n",
+        f"early stopping on the validation objective (patience 3, every {a.eval_every} steps; "
+        "JoLA: loss + gate_lambda x expected open gates, others: loss), best step restored; choices "
+        "scored on their answer tokens\n",
         "| task | metric | method | seeds | held-out (mean ± std) | validation | trainable params "
         "| open heads (g>0) | open (g>0.5) | validation loss |",
         "|---|---|---|---|---|---|---|---|---|---|",
