@@ -179,6 +179,17 @@ def _freeze_gates_open(model: Any) -> None:
                 p.requires_grad_(False)
 
 
+def _best_of(tr: JoLATrainer, steps_before: int = 0) -> dict[str, Any]:
+    """A JoLA run's restored step, its eval loss, and the optimizer steps run (``steps_before``: a
+    first stage's steps, for two-stage methods)."""
+    best = tr.best or {}
+    return {
+        "best_step": best.get("step"),
+        "valid_loss": best.get("eval_loss"),
+        "steps_run": steps_before + tr.state.global_step,
+    }
+
+
 def _fix_gates(model: Any) -> None:
     """``refit``'s switch: every gate open at evaluation (expected gate > 0) becomes exactly 1,
     every other exactly 0 (log-alpha ±20, prune_jola's closed value: with the noise clipped to
@@ -246,17 +257,13 @@ def train_method(
                 patience,
             )  # fmt: skip
             tr.train()
-            res["best_step"] = (tr.best or {}).get("step")
-            res["valid_loss"] = (tr.best or {}).get("eval_loss")
-            res["steps_run"] = half + tr.state.global_step
+            res.update(_best_of(tr, steps_before=half))
         elif method != "lofit":
             tr = _jola_trainer(
                 model, _args(out, seed, steps, bs, lr, eval_every), data, tok, s, patience
             )
             tr.train()
-            res["best_step"] = (tr.best or {}).get("step")
-            res["valid_loss"] = (tr.best or {}).get("eval_loss")
-            res["steps_run"] = tr.state.global_step
+            res.update(_best_of(tr))
         else:
             _freeze_gates_open(model)
             half = steps // 2
@@ -734,8 +741,8 @@ def report(base: dict[str, float], runs: dict[str, Any], a: Any) -> str:
             o5 = [r["open_heads_05"] for r in rs if "open_heads_05" in r]
             o5s = f"{statistics.mean(o5):.1f}" if o5 else "-"
             va = statistics.mean(r["valid"] for r in rs)
-            # the best validation loss (the early-stopping criterion, per token of the answers):
-            # continuous where 300 questions' accuracy barely separates methods
+            # the eval loss at the restored step (per answer token): continuous where 300
+            # questions' accuracy barely separates methods
             vl = [r["valid_loss"] for r in rs if r.get("valid_loss") is not None]
             vls = "{:.3f} ± {:.3f}".format(*_ms(vl)) if vl else "-"
             lines.append(
