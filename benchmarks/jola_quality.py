@@ -47,6 +47,7 @@ from transformers import Trainer, TrainerCallback
 from olmokit.data.tasks import get_task
 from olmokit.eval import choice_logprobs, exact_match, mc_accuracy
 from olmokit.family import get_adapter
+from olmokit.files import atomic_write_text
 from olmokit.jola import (
     JoLASettings,
     JoLATrainer,
@@ -484,9 +485,12 @@ def _model_tag(model_name: str | None) -> str:
     return "olmo2-stdlib" if model_name is None else Path(str(model_name)).name
 
 
-def _record(a: Any, base: dict[str, float], **results: Any) -> dict[str, Any]:
-    """What a ``--json`` file holds: the model and held-out split it was run on, then the numbers."""
-    return {"model": a.model_tag, "task_splits": TASK_SPLITS, "base": base, **results}
+def _write_record(a: Any, base: dict[str, float], **results: Any) -> None:
+    """Write the ``--json`` file (the model and held-out split it was run on, then the numbers)
+    atomically: it is rewritten after every run, and a kill mid-write must not lose the runs before.
+    Key order is kept (the table lists methods in the order they ran)."""
+    record = {"model": a.model_tag, "task_splits": TASK_SPLITS, "base": base, **results}
+    atomic_write_text(a.json, json.dumps(record))
 
 
 def _ms(xs: list[float]) -> tuple[float, float]:
@@ -611,8 +615,7 @@ def main() -> None:
                 )
                 runs[name][m].append(r)
                 if a.json:  # after every run, so a long benchmark's partial results survive
-                    with open(a.json, "w") as f:
-                        json.dump(_record(a, base, runs=runs), f)
+                    _write_record(a, base, runs=runs)
                 print(
                     f"# {name} seed {seed} {m}: test {r['test']:.3f} valid {r['valid']:.3f} "
                     f"open {r.get('open_heads')} best step {r.get('best_step')}/"
@@ -621,8 +624,7 @@ def main() -> None:
                     flush=True,
                 )
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(_record(a, base, runs=runs), f)
+        _write_record(a, base, runs=runs)
     print(report(base, runs, a))
     if a.plot:
         plot_runs(base, runs, a.plot)
@@ -683,8 +685,7 @@ def sweep(a: Any, tok: Any) -> None:
                 points[name].append(r)
                 print(f"# {name} lambda {lam:g} seed {seed}: {r}", file=sys.stderr, flush=True)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(_record(a, base, points=points), f)
+        _write_record(a, base, points=points)
     series = {}
     for name, pts in points.items():
         for key in ("valid", "test"):
